@@ -1,0 +1,122 @@
+"""Batch-norm twins of the NF models, for NF-vs-BN comparisons and signal-propagation plots.
+
+A twin has the NF model's topology (stem, widths, groups, strides, SE, stochastic depth, head)
+with pre-activation batch norm instead of NF's ingredients: plain convs (He init, no WS, no bias),
+unscaled activations, no α, β or skip gain. `order` chooses where BN sits in each pre-activation:
+"bn_act" (BN → act → conv, He et al. 2016) or "act_bn" (act → BN → conv).
+"""
+
+from torch import nn
+
+from .layers import ACTIVATIONS, AvgPoolSame, MaxPoolSame, SameConv2d, SqueezeExcite, StochasticDepth
+from .models import Head, check_input, plan_blocks, split_stages
+
+ORDERS = ("bn_act", "act_bn")
+
+
+class Activation(nn.Module):
+    def __init__(self, name):
+        super().__init__()
+        self.fn = ACTIVATIONS[name]
+
+    def forward(self, x):
+        return self.fn(x)
+
+
+def preactivation(channels, activation, order):
+    norm, act = nn.BatchNorm2d(channels), Activation(activation)
+    return nn.Sequential(norm, act) if order == "bn_act" else nn.Sequential(act, norm)
+
+
+def plain_conv(in_channels, out_channels, kernel_size, stride=1, groups=1):
+    conv = SameConv2d(in_channels, out_channels, kernel_size, stride, groups=groups, bias=False)
+    nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+    return conv
+
+
+class BNBlock(nn.Module):
+    def __init__(self, cfg, plan, order):
+        super().__init__()
+        act = cfg.activation
+        self.pre1 = preactivation(plan.in_channels, act, order)
+        self.shortcut = None
+        if plan.stride > 1 or plan.in_channels != plan.out_channels:
+            pool = plan.stride > 1 and cfg.shortcut_avg_pool
+            conv = plain_conv(plan.in_channels, plan.out_channels, 1, 1 if pool else plan.stride)
+            self.shortcut = nn.Sequential(AvgPoolSame(), conv) if pool else conv
+        self.conv1 = plain_conv(plan.in_channels, plan.width, 1)
+        self.pre2 = preactivation(plan.width, act, order)
+        self.conv2 = plain_conv(plan.width, plan.width, 3, plan.stride, plan.groups)
+        self.conv2b = None
+        if cfg.second_conv:
+            self.pre2b = preactivation(plan.width, act, order)
+            self.conv2b = plain_conv(plan.width, plan.width, 3, 1, plan.groups)
+        self.pre3 = preactivation(plan.width, act, order)
+        self.conv3 = plain_conv(plan.width, plan.out_channels, 1)
+        self.se_on_bottleneck = cfg.se_on_bottleneck
+        self.se = None
+        if cfg.se_ratio:
+            channels = plan.width if cfg.se_on_bottleneck else plan.out_channels
+            self.se = SqueezeExcite(channels, max(1, int(channels * cfg.se_ratio)))
+        self.residual = nn.Identity()
+        self.drop_path = StochasticDepth(plan.drop_rate, cfg.stochastic_depth_rescale)
+
+    def forward(self, x):
+        a = self.pre1(x)
+        shortcut = x if self.shortcut is None else self.shortcut(a)
+        out = self.conv2(self.pre2(self.conv1(a)))
+        if self.conv2b is not None:
+            out = self.conv2b(self.pre2b(out))
+        if self.se is not None and self.se_on_bottleneck:
+            out = self.se(out)
+        out = self.conv3(self.pre3(out))
+        if self.se is not None and not self.se_on_bottleneck:
+            out = self.se(out)
+        return self.drop_path(self.residual(out)) + shortcut
+
+
+class BNNet(nn.Module):
+    """Pre-activation BN network with the topology of an `NFConfig`."""
+
+    def __init__(self, cfg, num_classes=1000, order="bn_act"):
+        super().__init__()
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        self.cfg, self.num_classes, self.order = cfg, num_classes, order
+        stem, in_channels = nn.Sequential(), cfg.in_chans
+        for i, (width, stride) in enumerate(zip(cfg.stem_widths, cfg.stem_strides)):
+            if i:
+                stem.add_module(f"pre{i + 1}", preactivation(in_channels, cfg.activation, order))
+            stem.add_module(f"conv{i + 1}", plain_conv(in_channels, width, cfg.stem_kernel,
+                                                       stride))
+            in_channels = width
+        if cfg.stem_max_pool:
+            stem.add_module("pool", MaxPoolSame(3, 2))
+        self.stem = stem
+        plans = plan_blocks(cfg)
+        self.stages = nn.Sequential(*(
+            nn.Sequential(*(BNBlock(cfg, plan, order) for plan in stage_plans))
+            for stage_plans in split_stages(plans, cfg.depths)))
+        channels = cfg.widths[-1]
+        self.final_conv = None
+        if cfg.final_channels:
+            self.final_pre = preactivation(channels, cfg.activation, order)
+            self.final_conv = plain_conv(channels, cfg.final_channels, 1)
+            channels = cfg.final_channels
+        self.post = preactivation(channels, cfg.activation, order)
+        self.num_features = channels
+        self.head = Head(channels, num_classes, cfg.dropout, cfg.classifier_init)
+
+    def forward_features(self, x):
+        check_input(x, self.cfg)
+        x = self.stages(self.stem(x))
+        if self.final_conv is not None:
+            x = self.final_conv(self.final_pre(x))
+        return self.post(x)
+
+    def forward(self, x):
+        return self.head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes):
+        self.num_classes = num_classes
+        self.head.reset(num_classes, self.cfg.classifier_init)

@@ -1,0 +1,67 @@
+"""Checkpoints: one self-describing file, written atomically, read without unpickling code.
+
+A checkpoint holds the model (from the unwrapped module), optimizer, EMA, step counters, the
+resolved config and RNG states. It is written to a temporary file in the same directory, fsynced
+and `os.replace`d, so a crash or a full disk never leaves a half-written file under the real name.
+Loading uses `torch.load(weights_only=True)`: tensors and plain containers only.
+"""
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or weights file is missing, truncated, foreign or for another model."""
+
+
+def atomic_write(path, write):
+    """Call `write(file_object)` on a temp file next to `path`, fsync it, then rename it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def save_checkpoint(path, state):
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path, map_location="cpu"):
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises many types for truncated or foreign files
+        raise CheckpointError(f"{path} is not a readable normfree checkpoint (truncated or "
+                              f"foreign file?): {type(e).__name__}: {str(e)[:200]}") from None
+    if not isinstance(state, dict) or "model" not in state or "config" not in state:
+        raise CheckpointError(f"{path} is not a normfree training checkpoint (expected a dict "
+                              "with 'model' and 'config' entries)")
+    return state
+
+
+def save_json(path, values):
+    atomic_write(path, lambda f: f.write((json.dumps(values, indent=2) + "\n").encode()))
+
+
+def export_weights(model, path, metadata):
+    """Weights-only `.safetensors` (no pickle) with string metadata (model name, classes...)."""
+    from safetensors.torch import save
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata = {"format": "normfree", **{k: v if isinstance(v, str) else json.dumps(v)
+                                         for k, v in metadata.items()}}
+    atomic_write(path, lambda f: f.write(save(tensors, metadata)))

@@ -1,0 +1,132 @@
+"""`TrainConfig`, its named presets, and the command-line flags generated from its fields."""
+
+import argparse
+import dataclasses
+import typing
+from dataclasses import dataclass, fields
+from typing import Optional
+
+
+@dataclass
+class TrainConfig:
+    # model
+    model: str = "nfnet_s0"
+    dropout: Optional[float] = None          # None: the model's own
+    stochastic_depth: Optional[float] = None  # None: the model's own
+    # data
+    dataset: str = "fashion-mnist"           # fashion-mnist | folder | synthetic
+    data_dir: Optional[str] = None           # None: /usr/share/datasets/fashion-mnist
+    val_size: int = 5000                     # held out of the training set for model selection
+    image_size: int = 28                     # for folder and synthetic data
+    in_chans: int = 3                        # for synthetic data
+    synthetic_size: int = 2048
+    # augmentation
+    crop_padding: int = 2
+    flip: bool = True
+    randaugment: Optional[tuple] = None      # (layers, magnitude)
+    random_erasing: float = 0.0              # probability
+    mixup_alpha: float = 0.0                 # MixUp on half the batch, CutMix on the other
+    cutmix_alpha: float = 0.0
+    label_smoothing: float = 0.1
+    # optimisation
+    epochs: int = 10
+    batch_size: int = 128
+    eval_batch_size: int = 500
+    optimizer: str = "sgd"                   # sgd (Nesterov) | adamw
+    lr: float = 0.2
+    momentum: float = 0.9
+    weight_decay: float = 5e-5               # coupled for SGD, decoupled for AdamW
+    warmup_epochs: float = 1.0
+    clip_factor: float = 0.02                # AGC λ; 0 turns AGC off
+    agc_eps: float = 1e-3
+    ema_decay: float = 0.999                 # 0 turns the EMA off
+    # execution
+    seed: int = 0
+    device: Optional[str] = None             # None: cuda if available, else cpu
+    bf16: bool = False                       # bfloat16 autocast
+    channels_last: bool = True
+    threads: int = 0                         # 0: all cores
+    out_dir: Optional[str] = None            # None: runs/<model>-<time>
+    resume: bool = False
+    tensorboard: bool = False
+    progress: bool = True
+
+
+PRESETS = {
+    "fmnist": {},
+    "fmnist-long": dict(model="nfnet_s1", epochs=40, random_erasing=0.25, ema_decay=0.9995),
+    "debug": dict(model="nfnet_tiny", dataset="synthetic", image_size=16, synthetic_size=512,
+                  val_size=128, epochs=2, batch_size=32, eval_batch_size=128, ema_decay=0.9,
+                  crop_padding=0, warmup_epochs=0.5, lr=0.05),
+    # SPEC §11, for users with the hardware (batch 4096 across devices).
+    "imagenet-f0": dict(model="nfnet_f0", dataset="folder", image_size=192, epochs=360,
+                        batch_size=4096, lr=1.6, weight_decay=2e-5, warmup_epochs=5,
+                        clip_factor=0.01, ema_decay=0.99999, randaugment=(4, 5),
+                        mixup_alpha=0.2, cutmix_alpha=1.0, val_size=10000, bf16=True,
+                        stochastic_depth=0.25),
+}
+
+
+def preset(name, **overrides):
+    """A `TrainConfig` from a named preset plus overrides (unknown keys are an error)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
+    values = {**PRESETS[name], **overrides}
+    unknown = sorted(set(values) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise ValueError(f"unknown TrainConfig field(s) {unknown}")
+    return TrainConfig(**values)
+
+
+def _base_type(annotation):
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def _parser_for(annotation, name):
+    base = _base_type(annotation)
+    optional = type(None) in typing.get_args(annotation)
+
+    def parse(text):
+        if optional and text.lower() == "none":
+            return None
+        try:
+            if base is tuple:
+                return tuple(int(v) for v in text.split(","))
+            return base(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--{name}: cannot read {text!r} as "
+                                             f"{base.__name__}") from None
+    return parse
+
+
+def add_config_flags(parser):
+    """One flag per `TrainConfig` field; an absent flag leaves the preset's value."""
+    hints = typing.get_type_hints(TrainConfig)
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if hints[f.name] is bool:
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
+                                default=argparse.SUPPRESS, help=f"(default {f.default})")
+        else:
+            parser.add_argument(flag, dest=f.name, type=_parser_for(hints[f.name], flag[2:]),
+                                default=argparse.SUPPRESS,
+                                metavar=_base_type(hints[f.name]).__name__.upper(),
+                                help=f"(default {f.default})")
+
+
+def config_from_args(args):
+    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
+                 if hasattr(args, f.name)}
+    return preset(args.preset, **overrides)
+
+
+def to_dict(cfg):
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(values):
+    known = {f.name for f in fields(TrainConfig)}
+    values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()
+              if k in known}
+    return TrainConfig(**values)

@@ -1,0 +1,250 @@
+"""Building blocks of normalizer-free networks.
+
+Brock et al., "High-Performance Large-Scale Image Recognition Without Normalization" (ICML 2021)
+and "Characterizing signal propagation to close the performance gap in unnormalized ResNets"
+(ICLR 2021).
+
+Differences from the reference implementation (DeepMind's JAX/Haiku `nfnets`):
+- Tensors are NCHW and conv kernels OIHW (PyTorch layouts); the WS gain has shape (out_channels,).
+- 'SAME' padding is resolved once per input size and cached; a copy (`F.pad`) is made only when
+  TensorFlow's rule is asymmetric, which PyTorch's conv padding cannot express.
+- In inference (no autograd), the standardised weight is cached until the weight or gain changes.
+"""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# γ = 1/std(f(z)) for z ~ N(0, 1): the reference's constants, verbatim (they are what the released
+# weights were trained with and run 0.03-0.09 % above the exact integrals).
+GAMMA = {
+    "identity": 1.0,
+    "relu": 1.7139588594436646,
+    "gelu": 1.7015043497085571,
+    "silu": 1.7881293296813965,
+    "elu": 1.2716004848480225,
+    "celu": 1.270926833152771,
+    "selu": 1.0008515119552612,
+    "leaky_relu": 1.70590341091156,
+    "relu6": 1.7131484746932983,
+    "sigmoid": 4.803835391998291,
+    "softplus": 1.9203323125839233,
+    "tanh": 1.5939117670059204,
+    "log_sigmoid": 1.9193484783172607,
+    "soft_sign": 2.338853120803833,
+}
+GAMMA["swish"] = GAMMA["silu"]
+
+ACTIVATIONS = {
+    "identity": lambda x: x,
+    "relu": F.relu,
+    # The reference GELU is JAX's default, the tanh approximation.
+    "gelu": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_exact": F.gelu,
+    "silu": F.silu,
+    "swish": F.silu,
+    "elu": F.elu,
+    "celu": F.celu,
+    "selu": F.selu,
+    "leaky_relu": F.leaky_relu,  # slope 0.01, as in JAX
+    "relu6": F.relu6,
+    "sigmoid": torch.sigmoid,
+    "softplus": F.softplus,
+    "tanh": torch.tanh,
+    "log_sigmoid": F.logsigmoid,
+    "soft_sign": F.softsign,
+}
+
+
+def gamma_of(name):
+    """γ of an activation; timm's exact GELU uses the tanh GELU's constant, as timm does."""
+    return GAMMA["gelu" if name == "gelu_exact" else name]
+
+
+class ScaledActivation(nn.Module):
+    """`f(x) · γ_f`, which keeps unit variance for unit-variance Gaussian input (SPEC §2)."""
+
+    def __init__(self, name):
+        super().__init__()
+        if name not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+        self.name = name
+        self.fn = ACTIVATIONS[name]
+        self.gamma = gamma_of(name)
+
+    def forward(self, x):
+        return self.fn(x) * self.gamma
+
+    def extra_repr(self):
+        return f"{self.name}, gamma={self.gamma}"
+
+
+def same_padding(size, kernel_size, stride, dilation=1):
+    """TensorFlow 'SAME' padding of one spatial dim: (before, after), the extra pixel after."""
+    out = math.ceil(size / stride)
+    total = max((out - 1) * stride + (kernel_size - 1) * dilation + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+class SamePaddingMixin:
+    """Resolves TF 'SAME' padding per input size once, as conv padding or as an explicit pad."""
+
+    def _padding_for(self, height, width):
+        key = (height, width)
+        cached = self._padding_cache.get(key)
+        if cached is None:
+            pad_h = same_padding(height, self.kernel_size[0], self.stride[0], self.dilation[0])
+            pad_w = same_padding(width, self.kernel_size[1], self.stride[1], self.dilation[1])
+            if pad_h[0] == pad_h[1] and pad_w[0] == pad_w[1]:
+                cached = ((pad_h[0], pad_w[0]), None)  # symmetric: the conv pads, no copy
+            else:
+                cached = ((0, 0), (pad_w[0], pad_w[1], pad_h[0], pad_h[1]))
+            self._padding_cache[key] = cached
+        return cached
+
+
+class WSConv2d(SamePaddingMixin, nn.Conv2d):
+    """Conv with Scaled Weight Standardization (SPEC §3) and TF 'SAME' padding.
+
+    Ŵ_o = g_o · (W_o − mean(W_o)) / sqrt(max(N · var(W_o), 1e-4))   (eps_mode "clamp", reference)
+    Ŵ_o = g_o · (W_o − mean(W_o)) / sqrt(N · (var(W_o) + 1e-5))      (eps_mode "add", timm)
+    with N the fan-in (in_channels/groups · kH · kW) and var the population variance.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, groups=1,
+                 eps_mode="clamp"):
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, groups=groups,
+                         bias=True)
+        if eps_mode not in ("clamp", "add"):
+            raise ValueError(f"eps_mode must be 'clamp' or 'add', got {eps_mode!r}")
+        self.eps_mode = eps_mode
+        self.gain = nn.Parameter(torch.ones(out_channels))
+        self.fan_in = self.weight[0].numel()
+        self._padding_cache = {}
+        self._cached_weight = None
+        self._cache_key = None
+        nn.init.normal_(self.weight, 0.0, self.fan_in ** -0.5)
+        nn.init.zeros_(self.bias)
+
+    def standardized_weight(self):
+        var, mean = torch.var_mean(self.weight, dim=(1, 2, 3), keepdim=True, correction=0)
+        if self.eps_mode == "clamp":
+            scale = torch.rsqrt(torch.clamp(var * self.fan_in, min=1e-4))
+        else:
+            scale = torch.rsqrt((var + 1e-5) * self.fan_in)
+        return (self.weight - mean) * (scale * self.gain.view(-1, 1, 1, 1))
+
+    def _weight_for_forward(self):
+        if torch.is_grad_enabled() and (self.weight.requires_grad or self.gain.requires_grad):
+            self._cached_weight = None
+            return self.standardized_weight()
+        # Inference: Ŵ is a constant until an optimizer (or a load) changes W or g.
+        weight, gain = self.weight, self.gain
+        key = self._cache_key
+        if (key is None or key[0] is not weight or key[1] is not gain
+                or key[2] != weight._version or key[3] != gain._version):
+            with torch.no_grad():
+                self._cached_weight = self.standardized_weight()
+            self._cache_key = (weight, gain, weight._version, gain._version)
+        return self._cached_weight
+
+    def forward(self, x):
+        padding, explicit_pad = self._padding_for(x.shape[-2], x.shape[-1])
+        if explicit_pad is not None:
+            x = F.pad(x, explicit_pad)
+        return F.conv2d(x, self._weight_for_forward(), self.bias, self.stride, padding,
+                        self.dilation, self.groups)
+
+    def _apply(self, fn, *args, **kwargs):
+        self._cached_weight, self._cache_key = None, None  # device/dtype moves invalidate Ŵ
+        return super()._apply(fn, *args, **kwargs)
+
+    def __getstate__(self):
+        state = super().__getstate__()
+        state = dict(state, _cached_weight=None, _cache_key=None)
+        return state
+
+
+class SameConv2d(SamePaddingMixin, nn.Conv2d):
+    """A plain conv with TF 'SAME' padding (for BN twins and folded inference models)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._padding_cache = {}
+
+    def forward(self, x):
+        padding, explicit_pad = self._padding_for(x.shape[-2], x.shape[-1])
+        if explicit_pad is not None:
+            x = F.pad(x, explicit_pad)
+        return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation,
+                        self.groups)
+
+
+class MaxPoolSame(nn.Module):
+    """3×3/2 max pool with TF 'SAME' padding (−inf), without copying the input.
+
+    TF pads (p, p) or (p, p+1); PyTorch's padding=p gives the first, adding ceil_mode the second.
+    """
+
+    def __init__(self, kernel_size=3, stride=2):
+        super().__init__()
+        self.kernel_size, self.stride = kernel_size, stride
+
+    def forward(self, x):
+        pads = [same_padding(s, self.kernel_size, self.stride) for s in x.shape[-2:]]
+        padding = tuple(before for before, _ in pads)
+        ceil_mode = any(after > before for before, after in pads)
+        return F.max_pool2d(x, self.kernel_size, self.stride, padding, ceil_mode=ceil_mode)
+
+
+class AvgPoolSame(nn.Module):
+    """2×2/2 average pool, TF 'SAME', dividing by the count of valid pixels (SPEC §7.2)."""
+
+    def forward(self, x):
+        return F.avg_pool2d(x, 2, 2, ceil_mode=True, count_include_pad=False)
+
+
+class SqueezeExcite(nn.Module):
+    """Squeeze-excite gate times 2, with a plain (unscaled) ReLU as in the reference code."""
+
+    def __init__(self, channels, hidden):
+        super().__init__()
+        self.fc1 = nn.Linear(channels, hidden)
+        self.fc2 = nn.Linear(hidden, channels)
+        for fc in (self.fc1, self.fc2):
+            std = fc.in_features ** -0.5  # LeCun truncated normal, cut at ±2σ (Haiku's default)
+            nn.init.trunc_normal_(fc.weight, 0.0, std, -2 * std, 2 * std)
+            nn.init.zeros_(fc.bias)
+
+    def forward(self, x):
+        s = x.mean(dim=(2, 3))
+        s = self.fc2(F.relu(self.fc1(s)))
+        return x * (2.0 * torch.sigmoid(s))[:, :, None, None]
+
+
+class StochasticDepth(nn.Module):
+    """Drops the residual branch per example with probability `rate` (training only).
+
+    The reference does not rescale kept examples; timm divides them by 1 − rate (`rescale=True`).
+    """
+
+    def __init__(self, rate, rescale=False):
+        super().__init__()
+        if not 0.0 <= rate < 1.0:
+            raise ValueError(f"stochastic depth rate must be in [0, 1), got {rate}")
+        self.rate, self.rescale = rate, rescale
+
+    def forward(self, x):
+        if not self.training or self.rate == 0.0:
+            return x
+        keep = 1.0 - self.rate
+        mask = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device, dtype=x.dtype)
+        mask.bernoulli_(keep)
+        if self.rescale:
+            mask.div_(keep)
+        return x * mask
+
+    def extra_repr(self):
+        return f"rate={self.rate}, rescale={self.rescale}"
