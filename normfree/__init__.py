@@ -1,8 +1,13 @@
 """normfree: normalizer-free networks (NFNets, NF-ResNets, NF-RegNets) for PyTorch."""
 
-from .models import NFConfig, VARIANTS, block_betas
+from .agc import adaptive_clip_grad_, param_groups
+from .config import TrainConfig
+from .convert import load_weights
+from .models import VARIANTS, NFConfig, block_betas
+from .train import train
 from .zoo import count_macs, count_params, create_model, list_models
 
-__all__ = ["NFConfig", "VARIANTS", "block_betas", "count_macs", "count_params", "create_model",
-           "list_models"]
+__all__ = ["NFConfig", "TrainConfig", "VARIANTS", "adaptive_clip_grad_", "block_betas",
+           "count_macs", "count_params", "create_model", "list_models", "load_weights",
+           "param_groups", "train"]
 __version__ = "0.1.0"

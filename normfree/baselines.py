@@ -8,8 +8,8 @@ unscaled activations, no α, β or skip gain. `order` chooses where BN sits in e
 
 from torch import nn
 
-from .layers import ACTIVATIONS, AvgPoolSame, MaxPoolSame, SameConv2d, SqueezeExcite, StochasticDepth
-from .models import Head, check_input, plan_blocks, split_stages
+from .layers import ACTIVATIONS, MaxPoolSame, SameConv2d, SqueezeExcite, StochasticDepth
+from .models import Downsample, Head, check_input, plan_blocks, split_stages
 
 ORDERS = ("bn_act", "act_bn")
 
@@ -39,11 +39,11 @@ class BNBlock(nn.Module):
         super().__init__()
         act = cfg.activation
         self.pre1 = preactivation(plan.in_channels, act, order)
-        self.shortcut = None
+        self.downsample = None
         if plan.stride > 1 or plan.in_channels != plan.out_channels:
             pool = plan.stride > 1 and cfg.shortcut_avg_pool
-            conv = plain_conv(plan.in_channels, plan.out_channels, 1, 1 if pool else plan.stride)
-            self.shortcut = nn.Sequential(AvgPoolSame(), conv) if pool else conv
+            self.downsample = Downsample(pool, plain_conv(plan.in_channels, plan.out_channels, 1,
+                                                          1 if pool else plan.stride))
         self.conv1 = plain_conv(plan.in_channels, plan.width, 1)
         self.pre2 = preactivation(plan.width, act, order)
         self.conv2 = plain_conv(plan.width, plan.width, 3, plan.stride, plan.groups)
@@ -63,7 +63,7 @@ class BNBlock(nn.Module):
 
     def forward(self, x):
         a = self.pre1(x)
-        shortcut = x if self.shortcut is None else self.shortcut(a)
+        shortcut = x if self.downsample is None else self.downsample(a)
         out = self.conv2(self.pre2(self.conv1(a)))
         if self.conv2b is not None:
             out = self.conv2b(self.pre2b(out))

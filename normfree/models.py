@@ -139,6 +139,18 @@ def make_conv(cfg, in_channels, out_channels, kernel_size, stride=1, groups=1):
     return conv
 
 
+class Downsample(nn.Module):
+    """Projection shortcut: 1×1 conv, after a 2×2 avg pool when `pool` (else the conv strides)."""
+
+    def __init__(self, pool, conv):
+        super().__init__()
+        self.pool = AvgPoolSame() if pool else None
+        self.conv = conv
+
+    def forward(self, x):
+        return self.conv(x if self.pool is None else self.pool(x))
+
+
 class NFBlock(nn.Module):
     """`x + α · skip_gain · f(act(x) · β)`, with the NFNet, NF-ResNet or NF-RegNet branch f."""
 
@@ -146,12 +158,11 @@ class NFBlock(nn.Module):
         super().__init__()
         self.alpha, self.beta = cfg.alpha, plan.beta
         self.act = ScaledActivation(cfg.activation)
-        self.shortcut = None
+        self.downsample = None
         if plan.stride > 1 or plan.in_channels != plan.out_channels:
             pool = plan.stride > 1 and cfg.shortcut_avg_pool
-            conv = make_conv(cfg, plan.in_channels, plan.out_channels, 1,
-                             1 if pool else plan.stride)
-            self.shortcut = nn.Sequential(AvgPoolSame(), conv) if pool else conv
+            self.downsample = Downsample(pool, make_conv(cfg, plan.in_channels, plan.out_channels,
+                                                         1, 1 if pool else plan.stride))
         self.conv1 = make_conv(cfg, plan.in_channels, plan.width, 1)
         self.conv2 = make_conv(cfg, plan.width, plan.width, 3, plan.stride, plan.groups)
         self.conv2b = (make_conv(cfg, plan.width, plan.width, 3, 1, plan.groups)
@@ -168,7 +179,7 @@ class NFBlock(nn.Module):
 
     def forward(self, x):
         a = self.act(x) * self.beta
-        shortcut = x if self.shortcut is None else self.shortcut(a)
+        shortcut = x if self.downsample is None else self.downsample(a)
         out = self.conv2(self.act(self.conv1(a)))
         if self.conv2b is not None:
             out = self.conv2b(self.act(out))

@@ -1,0 +1,82 @@
+import gzip
+import struct
+
+import pytest
+import torch
+
+from normfree.data import (DataError, FMNIST_FILES, TensorBatches, holdout_split,
+                           load_fashion_mnist, read_idx, small_image_transform)
+
+
+def idx_bytes(array_uint8):
+    header = struct.pack(">BBBB", 0, 0, 0x08, array_uint8.ndim)
+    header += b"".join(struct.pack(">I", s) for s in array_uint8.shape)
+    return header + array_uint8.numpy().tobytes()
+
+
+def write_fmnist(directory, n_train=20, n_test=10):
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", n_train), ("test", n_test)):
+        images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=g)
+        labels = torch.randint(0, 10, (n,), dtype=torch.uint8, generator=g)
+        image_name, label_name = FMNIST_FILES[split]
+        (directory / (image_name + ".gz")).write_bytes(gzip.compress(idx_bytes(images)))
+        (directory / (label_name + ".gz")).write_bytes(gzip.compress(idx_bytes(labels)))
+    return directory
+
+
+def test_read_idx_roundtrip(tmp_path):
+    array = torch.arange(24, dtype=torch.uint8).view(2, 3, 4)
+    (tmp_path / "a.idx").write_bytes(idx_bytes(array))
+    (tmp_path / "a.idx.gz").write_bytes(gzip.compress(idx_bytes(array)))
+    assert torch.equal(read_idx(tmp_path / "a.idx"), array)
+    assert torch.equal(read_idx(tmp_path / "a.idx.gz"), array)
+
+
+def test_read_idx_rejects_bad_files_by_name(tmp_path):
+    good = idx_bytes(torch.zeros(2, 2, dtype=torch.uint8))
+    cases = {"magic.idx": b"\x01\x02" + good[2:], "type.idx": good[:2] + b"\x0d" + good[3:],
+             "short.idx": good[:-1], "empty.idx": b"", "header.idx": good[:6]}
+    for name, raw in cases.items():
+        (tmp_path / name).write_bytes(raw)
+        with pytest.raises(DataError, match=name):
+            read_idx(tmp_path / name)
+    (tmp_path / "bad.gz").write_bytes(b"not gzip")
+    with pytest.raises(DataError, match="bad.gz"):
+        read_idx(tmp_path / "bad.gz")
+
+
+def test_fashion_mnist_loader(tmp_path):
+    splits = load_fashion_mnist(write_fmnist(tmp_path))
+    images, labels = splits["train"]
+    assert images.shape == (20, 1, 28, 28) and images.dtype == torch.uint8
+    assert labels.dtype == torch.int64 and len(splits["test"][1]) == 10
+
+
+def test_missing_dataset_message_has_install_command(tmp_path):
+    with pytest.raises(DataError, match="apt-get install -y dataset-fashion-mnist"):
+        load_fashion_mnist(tmp_path / "nowhere")
+
+
+def test_holdout_split_is_disjoint_and_fixed():
+    images, labels = torch.arange(100).view(100, 1, 1, 1), torch.arange(100)
+    (_, train_y), (_, val_y) = holdout_split(images, labels, 10)
+    assert len(val_y) == 10 and len(train_y) == 90
+    assert not set(val_y.tolist()) & set(train_y.tolist())
+    assert torch.equal(holdout_split(images, labels, 10)[1][1], val_y)
+
+
+def test_batches_cover_the_data_and_augment_per_image():
+    images = torch.zeros(10, 1, 28, 28, dtype=torch.uint8)
+    images[:, :, 10:18, 10:18] = 255
+    transform = small_image_transform(28, crop_padding=4, flip=True, randaugment=None,
+                                      random_erasing=0.0)
+    batches = TensorBatches(images, torch.arange(10), 4, shuffle=True, transform=transform)
+    torch.manual_seed(0)
+    out = list(batches)
+    assert [len(y) for _, y in out] == [4, 4, 2]
+    assert sorted(torch.cat([y for _, y in out]).tolist()) == list(range(10))
+    shifted = torch.cat([x for x, _ in out])
+    assert shifted.dtype == torch.uint8
+    centres = {tuple(torch.nonzero(x[0]).float().mean(0).tolist()) for x in shifted}
+    assert len(centres) > 1  # crops differ between images of the same batch

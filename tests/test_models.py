@@ -1,0 +1,160 @@
+import time
+
+import pytest
+import torch
+
+import normfree
+from normfree import block_betas, count_macs, count_params, create_model, list_models
+from normfree.models import VARIANTS, plan_blocks
+
+# SPEC §6: parameters with a 1000-class head, GMACs at the test size.
+NFNET_TABLE = {
+    "nfnet_f0": (71_489_284, 12.38), "nfnet_f1": (132_634_256, 35.54),
+    "nfnet_f2": (193_779_228, 62.59), "nfnet_f3": (254_924_200, 114.76),
+    "nfnet_f4": (316_069_172, 215.24), "nfnet_f5": (377_214_144, 289.76),
+    "nfnet_f6": (438_359_116, 377.28), "nfnet_f7": (499_504_088, 478.78),
+}
+
+
+def meta_model(name, **kw):
+    with torch.device("meta"):
+        return create_model(name, **kw)
+
+
+@pytest.mark.parametrize("name", sorted(NFNET_TABLE))
+def test_nfnet_params_and_macs_match_the_paper_table(name):
+    params, gmacs = NFNET_TABLE[name]
+    model = meta_model(name)
+    assert count_params(model) == params
+    assert count_macs(model) / 1e9 == pytest.approx(gmacs, abs=0.01)
+
+
+def test_other_reference_parameter_counts():
+    assert count_params(meta_model("nf_resnet50")) == 25_557_048
+    assert count_params(meta_model("nf_regnet_b0")) == 8_595_372
+
+
+def test_plus_variants_are_wider():
+    cfg = VARIANTS["nfnet_f4_plus"]
+    assert cfg.widths == (384, 768, 2048, 2048)
+    assert cfg.stem_widths[-1] == 192 and cfg.final_channels == 4096
+    assert cfg.depths == VARIANTS["nfnet_f4"].depths
+
+
+def test_betas_follow_the_expected_variance_of_f0():
+    # SPEC §4: expected input variance per block of F0 (α = 0.2)
+    variances = [1.00, 1.04, 1.04, 1.08, 1.04, 1.08, 1.12, 1.16, 1.20, 1.24, 1.04, 1.08]
+    betas = block_betas((1, 2, 6, 3), 0.2)
+    assert [round(1 / b ** 2, 2) for b in betas] == variances
+    model_betas = [b.beta for b in meta_model("nfnet_f0").modules()
+                   if isinstance(b, normfree.models.NFBlock)]
+    assert model_betas == betas
+
+
+def test_f0_block_widths_groups_and_stochastic_depth():
+    plans = plan_blocks(VARIANTS["nfnet_f0"])
+    assert [p.width for p in plans[:4]] == [128, 256, 256, 768]
+    assert [p.groups for p in plans[:4]] == [1, 2, 2, 6]
+    assert [p.stride for p in plans[:4]] == [1, 2, 1, 2]
+    assert plans[0].drop_rate == 0.0
+    assert plans[6].drop_rate == pytest.approx(0.25 * 6 / 12)
+
+
+def test_regnet_widths_use_input_channels_and_groups_of_eight():
+    plans = plan_blocks(VARIANTS["nf_regnet_b0"])
+    assert plans[0].in_channels == 36 and plans[0].width == 32  # ratio 1, groups of 8
+    assert plans[1].width == int(36 * 2.25) // 8 * 8
+    assert VARIANTS["nf_regnet_b0"].final_channels == 960
+
+
+def test_initialisation():
+    torch.manual_seed(0)
+    model = create_model("nfnet_s0", num_classes=10)
+    fc = model.head.fc.weight
+    assert fc.std().item() == pytest.approx(0.01, rel=0.1)
+    assert torch.all(model.head.fc.bias == 0)
+    assert all(b.skip_gain.item() == 0.0 for b in model.modules()
+               if isinstance(b, normfree.models.NFBlock))
+    conv = model.stages[2][0].conv1
+    assert conv.weight.std().item() == pytest.approx(conv.fan_in ** -0.5, rel=0.1)
+    assert torch.all(conv.gain == 1) and torch.all(conv.bias == 0)
+    regnet = create_model("nf_regnet_b0", num_classes=10)
+    assert torch.all(regnet.head.fc.weight == 0)
+
+
+def test_tiny_model_forward_backward_is_fast():
+    model = create_model("nfnet_tiny", num_classes=10)
+    x = torch.randn(8, 3, 16, 16)
+    model(x).sum().backward()  # warm-up
+    start = time.perf_counter()
+    loss = model(x).logsumexp(1).mean()
+    loss.backward()
+    assert time.perf_counter() - start < 0.5
+    assert model(x).shape == (8, 10)
+
+
+def test_api_features_and_reset_classifier():
+    model = create_model("nfnet_tiny", num_classes=10)
+    feats = model.forward_features(torch.randn(2, 3, 16, 16))
+    assert feats.shape == (2, model.num_features, 4, 4)
+    model.reset_classifier(3)
+    assert model(torch.randn(2, 3, 16, 16)).shape == (2, 3)
+    assert model.cfg.train_size == 16 and model.cfg.test_size == 16
+
+
+def test_numerics_switch():
+    timm_cfg = meta_model("nfnet_f0", numerics="timm").cfg
+    assert timm_cfg.activation == "gelu_exact" and timm_cfg.ws_eps == "add"
+    ref = meta_model("nfnet_f0").cfg
+    assert ref.activation == "gelu" and ref.ws_eps == "clamp"
+    with pytest.raises(ValueError, match="numerics"):
+        create_model("nfnet_tiny", numerics="jax")
+
+
+def test_bad_names_and_overrides_list_what_exists():
+    with pytest.raises(ValueError, match="nfnet_f0"):
+        create_model("nfnet_f9")
+    with pytest.raises(ValueError, match="depths"):
+        create_model("nfnet_tiny", dephts=(1, 1))
+    with pytest.raises(ValueError, match="activation"):
+        create_model("nfnet_tiny", activation="swishy")
+
+
+def test_bad_inputs_name_what_was_expected():
+    model = create_model("nfnet_tiny", num_classes=10)
+    with pytest.raises(ValueError, match="4 dims"):
+        model(torch.randn(3, 16, 16))
+    with pytest.raises(ValueError, match="3 input channels"):
+        model(torch.randn(1, 1, 16, 16))
+    with pytest.raises(ValueError, match="floating-point"):
+        model(torch.zeros(1, 3, 16, 16, dtype=torch.uint8))
+    with pytest.raises(ValueError, match="total stride 4"):
+        model(torch.randn(1, 3, 3, 3))
+
+
+def test_every_listed_model_builds():
+    for name in list_models():
+        model = meta_model(name, num_classes=10)
+        assert count_params(model) > 0, name
+
+
+def test_small_variants_end_at_least_4x4_on_28px():
+    for name in ("nfnet_s0", "nfnet_s1", "nf_resnet_s26", "nfnet_s0_bn"):
+        model = create_model(name, num_classes=10).eval()
+        with torch.no_grad():
+            feats = model.forward_features(torch.randn(2, 1, 28, 28))
+        assert feats.shape[-1] >= 4, name
+
+
+@pytest.mark.parametrize("order", ["bn_act", "act_bn"])
+def test_bn_twin_shares_topology(order):
+    nf = create_model("nf_resnet_s26", num_classes=10)
+    bn = create_model("resnet_s26_bn", num_classes=10, order=order)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in nf.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in bn.modules())
+    nf_convs = [m.weight.shape for m in nf.modules() if isinstance(m, torch.nn.Conv2d)]
+    bn_convs = [m.weight.shape for m in bn.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert nf_convs == bn_convs
+    assert bn(torch.randn(4, 1, 28, 28)).shape == (4, 10)
+    with pytest.raises(ValueError, match="order"):
+        create_model("resnet_s26_bn", order="bn_bn")

@@ -1,0 +1,95 @@
+import math
+
+import pytest
+import torch
+
+from normfree.checkpoint import CheckpointError, load_checkpoint
+from normfree.config import preset
+from normfree.train import EMA, TrainingDiverged, lr_at, train, train_step
+from normfree.zoo import create_model
+
+
+def test_lr_warmup_then_cosine():
+    assert lr_at(0, 1.0, 10, 110) == 0.0
+    assert lr_at(5, 1.0, 10, 110) == 0.5
+    assert lr_at(10, 1.0, 10, 110) == 1.0
+    assert lr_at(60, 1.0, 10, 110) == pytest.approx(0.5)
+    assert lr_at(110, 1.0, 10, 110) == pytest.approx(0.0)
+    assert lr_at(35, 2.0, 10, 110) == pytest.approx(1.0 + math.cos(math.pi / 4))
+
+
+def test_ema_decay_warmup():
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = EMA(model, max_decay=0.999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model, 0)  # decay (1 + 0)/(10 + 0) = 0.1
+    assert ema.module.weight.item() == pytest.approx(0.9)
+    ema.update(model, 10**6)  # capped at 0.999
+    assert ema.module.weight.item() == pytest.approx(0.9 + 0.1 * 0.001)
+
+
+def test_loss_decreases_on_a_fixed_batch():
+    torch.manual_seed(0)
+    cfg = preset("debug", clip_factor=0.05, lr=0.05)
+    model = create_model("nfnet_tiny", num_classes=4)
+    from normfree.train import build_optimizer
+    opt = build_optimizer(cfg, model)
+    x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 4, (16,))
+    losses = [train_step(model, opt, x, y, cfg)[0].item() for _ in range(30)]
+    assert losses[-1] < 0.5 * losses[0]
+
+
+def test_nan_loss_stops_with_advice():
+    cfg = preset("debug")
+    model = create_model("nfnet_tiny", num_classes=4)
+    from normfree.train import build_optimizer
+    x = torch.full((2, 3, 16, 16), float("nan"))
+    with pytest.raises(TrainingDiverged, match="lower --lr"):
+        train_step(model, build_optimizer(cfg, model), x, torch.zeros(2, dtype=torch.long), cfg)
+
+
+def debug(tmp_path, **kw):
+    return preset("debug", out_dir=str(tmp_path / "run"), progress=False, **kw)
+
+
+def test_debug_run_writes_artefacts(tmp_path):
+    result = train(debug(tmp_path))
+    run = tmp_path / "run"
+    for name in ("metrics.csv", "config.json", "curves.png", "results.json", "checkpoint.pt",
+                 "model.safetensors"):
+        assert (run / name).is_file(), name
+    assert 0.0 <= result["test_top1"] <= 100.0 and result["steps"] == 2 * 12
+    assert result["test_top1"] > 20.0  # well above chance (10 %) on the synthetic classes
+
+
+def test_resume_is_bit_exact(tmp_path):
+    straight = train(debug(tmp_path / "a", epochs=3))
+    first = debug(tmp_path / "b", epochs=1)
+    train(first)
+    from dataclasses import replace
+    resumed = train(replace(first, epochs=3, resume=True))
+    assert resumed["steps"] == straight["steps"]
+    a = load_checkpoint(tmp_path / "a" / "run" / "checkpoint.pt")["model"]
+    b = load_checkpoint(tmp_path / "b" / "run" / "checkpoint.pt")["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_existing_output_is_refused_untouched(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "precious.txt").write_text("keep")
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(debug(tmp_path))
+    assert (run / "precious.txt").read_text() == "keep"
+    assert sorted(p.name for p in run.iterdir()) == ["precious.txt"]
+
+
+def test_truncated_checkpoint_is_named(tmp_path):
+    train(debug(tmp_path, epochs=1))
+    ckpt = tmp_path / "run" / "checkpoint.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    with pytest.raises(CheckpointError, match="checkpoint.pt"):
+        train(debug(tmp_path, epochs=2, resume=True))
