@@ -8,19 +8,11 @@ unscaled activations, no α, β or skip gain. `order` chooses where BN sits in e
 
 from torch import nn
 
-from .layers import ACTIVATIONS, MaxPoolSame, SameConv2d, SqueezeExcite, StochasticDepth
-from .models import Downsample, Head, check_input, plan_blocks, split_stages
+from .layers import Activation, MaxPoolSame, SameConv2d, StochasticDepth
+from .models import (Bottleneck, Downsample, Head, ImageClassifier, check_input, make_se,
+                     plan_blocks, split_stages)
 
 ORDERS = ("bn_act", "act_bn")
-
-
-class Activation(nn.Module):
-    def __init__(self, name):
-        super().__init__()
-        self.fn = ACTIVATIONS[name]
-
-    def forward(self, x):
-        return self.fn(x)
 
 
 def preactivation(channels, activation, order):
@@ -34,48 +26,37 @@ def plain_conv(in_channels, out_channels, kernel_size, stride=1, groups=1):
     return conv
 
 
-class BNBlock(nn.Module):
+class BNBlock(Bottleneck):
     def __init__(self, cfg, plan, order):
         super().__init__()
         act = cfg.activation
-        self.pre1 = preactivation(plan.in_channels, act, order)
         self.downsample = None
         if plan.stride > 1 or plan.in_channels != plan.out_channels:
             pool = plan.stride > 1 and cfg.shortcut_avg_pool
             self.downsample = Downsample(pool, plain_conv(plan.in_channels, plan.out_channels, 1,
                                                           1 if pool else plan.stride))
         self.conv1 = plain_conv(plan.in_channels, plan.width, 1)
-        self.pre2 = preactivation(plan.width, act, order)
         self.conv2 = plain_conv(plan.width, plan.width, 3, plan.stride, plan.groups)
-        self.conv2b = None
-        if cfg.second_conv:
-            self.pre2b = preactivation(plan.width, act, order)
-            self.conv2b = plain_conv(plan.width, plan.width, 3, 1, plan.groups)
-        self.pre3 = preactivation(plan.width, act, order)
+        self.conv2b = (plain_conv(plan.width, plan.width, 3, 1, plan.groups)
+                       if cfg.second_conv else None)
         self.conv3 = plain_conv(plan.width, plan.out_channels, 1)
+        widths = [plan.in_channels, plan.width, plan.width if cfg.second_conv else 0, plan.width]
+        self.preacts = nn.ModuleList(preactivation(w, act, order) if w else nn.Identity()
+                                     for w in widths)
         self.se_on_bottleneck = cfg.se_on_bottleneck
-        self.se = None
-        if cfg.se_ratio:
-            channels = plan.width if cfg.se_on_bottleneck else plan.out_channels
-            self.se = SqueezeExcite(channels, max(1, int(channels * cfg.se_ratio)))
+        self.se = make_se(cfg, plan)
         self.residual = nn.Identity()
         self.drop_path = StochasticDepth(plan.drop_rate, cfg.stochastic_depth_rescale)
 
+    def preact(self, index, x):
+        return self.preacts[index](x)
+
     def forward(self, x):
-        a = self.pre1(x)
-        shortcut = x if self.downsample is None else self.downsample(a)
-        out = self.conv2(self.pre2(self.conv1(a)))
-        if self.conv2b is not None:
-            out = self.conv2b(self.pre2b(out))
-        if self.se is not None and self.se_on_bottleneck:
-            out = self.se(out)
-        out = self.conv3(self.pre3(out))
-        if self.se is not None and not self.se_on_bottleneck:
-            out = self.se(out)
-        return self.drop_path(self.residual(out)) + shortcut
+        out, shortcut = self.branch_and_shortcut(x)
+        return out + shortcut
 
 
-class BNNet(nn.Module):
+class BNNet(ImageClassifier):
     """Pre-activation BN network with the topology of an `NFConfig`."""
 
     def __init__(self, cfg, num_classes=1000, order="bn_act"):
@@ -113,10 +94,3 @@ class BNNet(nn.Module):
         if self.final_conv is not None:
             x = self.final_conv(self.final_pre(x))
         return self.post(x)
-
-    def forward(self, x):
-        return self.head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes):
-        self.num_classes = num_classes
-        self.head.reset(num_classes, self.cfg.classifier_init)

@@ -40,6 +40,27 @@ def cmd_eval(args):
             json.dump(result, f, indent=2)
 
 
+def cmd_bench(args):
+    from .bench import bench
+    record = bench(args.model, args.image_size, args.batch_size, in_chans=args.in_chans,
+                   bf16=args.bf16, channels_last=args.channels_last, repeats=args.repeats)
+    print(json.dumps(record))
+
+
+def cmd_spp(args):
+    from pathlib import Path
+
+    from .spp import paper_comparison, plot, write_csv
+    curves = paper_comparison(args.depth, args.image_size, args.batch_size, args.seed)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_csv(curves, out.with_suffix(".csv"))
+    plot(curves, out.with_suffix(".png"),
+         title=f"Signal propagation at initialisation, {args.depth}-layer ResNets, "
+               f"N(0,1) input {args.batch_size}×3×{args.image_size}²")
+    print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.png')}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="normfree", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -59,6 +80,26 @@ def build_parser():
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
     p.set_defaults(fn=cmd_eval)
+
+    p = commands.add_parser("bench", help="train-step and inference throughput of a model")
+    p.add_argument("--model", default="nfnet_s0")
+    p.add_argument("--image-size", type=int, default=None, help="default: the model's train size")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--in-chans", type=int, default=None)
+    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--repeats", type=int, default=10)
+    p.set_defaults(fn=cmd_bench)
+
+    p = commands.add_parser("spp", help="signal-propagation plots of the ICLR paper's networks",
+                            description="BN-ReLU and ReLU-BN ResNets, NF-ResNets without and "
+                                        "with Scaled WS (skip gain 1), at initialisation.")
+    p.add_argument("--depth", type=int, default=600, choices=[26, 50, 101, 152, 200, 288, 600])
+    p.add_argument("--image-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default="docs/figures/spp", help="path stem for .csv and .png")
+    p.set_defaults(fn=cmd_spp)
     return parser
 
 

@@ -28,6 +28,7 @@ class TrainConfig:
     mixup_alpha: float = 0.0                 # MixUp on half the batch, CutMix on the other
     cutmix_alpha: float = 0.0
     label_smoothing: float = 0.1
+    tta_flip: bool = False                   # evaluate on each image and its mirror image
     # optimisation
     epochs: int = 10
     batch_size: int = 128
@@ -43,7 +44,7 @@ class TrainConfig:
     # execution
     seed: int = 0
     device: Optional[str] = None             # None: cuda if available, else cpu
-    bf16: bool = False                       # bfloat16 autocast
+    bf16: Optional[bool] = None              # bfloat16 autocast; None: where the hardware has it
     channels_last: bool = True
     threads: int = 0                         # 0: all cores
     out_dir: Optional[str] = None            # None: runs/<model>-<time>
@@ -105,7 +106,7 @@ def add_config_flags(parser):
     hints = typing.get_type_hints(TrainConfig)
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
-        if hints[f.name] is bool:
+        if _base_type(hints[f.name]) is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=f"(default {f.default})")
         else:

@@ -9,6 +9,9 @@ Differences from the reference implementation (DeepMind's JAX/Haiku `nfnets`):
 - 'SAME' padding is resolved once per input size and cached; a copy (`F.pad`) is made only when
   TensorFlow's rule is asymmetric, which PyTorch's conv padding cannot express.
 - In inference (no autograd), the standardised weight is cached until the weight or gain changes.
+- Inside blocks and stems, γ (and β) multiply the next conv's standardised weight (`input_gain`)
+  instead of the activation map: the same function with one full-size multiply fewer per
+  activation, equal to the reference up to float rounding.
 """
 
 import math
@@ -63,8 +66,8 @@ def gamma_of(name):
     return GAMMA["gelu" if name == "gelu_exact" else name]
 
 
-class ScaledActivation(nn.Module):
-    """`f(x) · γ_f`, which keeps unit variance for unit-variance Gaussian input (SPEC §2)."""
+class Activation(nn.Module):
+    """The plain activation f, by name; its γ is applied by the consumer (`input_gain`)."""
 
     def __init__(self, name):
         super().__init__()
@@ -73,6 +76,16 @@ class ScaledActivation(nn.Module):
         self.name = name
         self.fn = ACTIVATIONS[name]
         self.gamma = gamma_of(name)
+
+    def forward(self, x):
+        return self.fn(x)
+
+    def extra_repr(self):
+        return self.name
+
+
+class ScaledActivation(Activation):
+    """`f(x) · γ_f`, which keeps unit variance for unit-variance Gaussian input (SPEC §2)."""
 
     def forward(self, x):
         return self.fn(x) * self.gamma
@@ -111,15 +124,17 @@ class WSConv2d(SamePaddingMixin, nn.Conv2d):
     Ŵ_o = g_o · (W_o − mean(W_o)) / sqrt(max(N · var(W_o), 1e-4))   (eps_mode "clamp", reference)
     Ŵ_o = g_o · (W_o − mean(W_o)) / sqrt(N · (var(W_o) + 1e-5))      (eps_mode "add", timm)
     with N the fan-in (in_channels/groups · kH · kW) and var the population variance.
+    `input_gain` (a constant, e.g. γ·β of the activation feeding this conv) multiplies Ŵ.
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, groups=1,
-                 eps_mode="clamp"):
+                 eps_mode="clamp", input_gain=1.0):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, groups=groups,
                          bias=True)
         if eps_mode not in ("clamp", "add"):
             raise ValueError(f"eps_mode must be 'clamp' or 'add', got {eps_mode!r}")
         self.eps_mode = eps_mode
+        self.input_gain = input_gain
         self.gain = nn.Parameter(torch.ones(out_channels))
         self.fan_in = self.weight[0].numel()
         self._padding_cache = {}
@@ -134,7 +149,10 @@ class WSConv2d(SamePaddingMixin, nn.Conv2d):
             scale = torch.rsqrt(torch.clamp(var * self.fan_in, min=1e-4))
         else:
             scale = torch.rsqrt((var + 1e-5) * self.fan_in)
-        return (self.weight - mean) * (scale * self.gain.view(-1, 1, 1, 1))
+        scale = scale * self.gain.view(-1, 1, 1, 1)
+        if self.input_gain != 1.0:
+            scale = scale * self.input_gain
+        return (self.weight - mean) * scale
 
     def _weight_for_forward(self):
         if torch.is_grad_enabled() and (self.weight.requires_grad or self.gain.requires_grad):
@@ -168,18 +186,20 @@ class WSConv2d(SamePaddingMixin, nn.Conv2d):
 
 
 class SameConv2d(SamePaddingMixin, nn.Conv2d):
-    """A plain conv with TF 'SAME' padding (for BN twins and folded inference models)."""
+    """A plain conv with TF 'SAME' padding (BN twins, unstandardised NF convs), `input_gain`
+    as in `WSConv2d`."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, input_gain=1.0, **kwargs):
         super().__init__(*args, **kwargs)
+        self.input_gain = input_gain
         self._padding_cache = {}
 
     def forward(self, x):
         padding, explicit_pad = self._padding_for(x.shape[-2], x.shape[-1])
         if explicit_pad is not None:
             x = F.pad(x, explicit_pad)
-        return F.conv2d(x, self.weight, self.bias, self.stride, padding, self.dilation,
-                        self.groups)
+        weight = self.weight if self.input_gain == 1.0 else self.weight * self.input_gain
+        return F.conv2d(x, weight, self.bias, self.stride, padding, self.dilation, self.groups)
 
 
 class MaxPoolSame(nn.Module):

@@ -17,8 +17,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from .layers import (ACTIVATIONS, AvgPoolSame, MaxPoolSame, SameConv2d, ScaledActivation,
-                     SqueezeExcite, StochasticDepth, WSConv2d)
+from .layers import (ACTIVATIONS, Activation, AvgPoolSame, MaxPoolSame, SameConv2d,
+                     ScaledActivation, SqueezeExcite, StochasticDepth, WSConv2d)
 
 
 @dataclass(frozen=True)
@@ -108,8 +108,7 @@ def plan_blocks(cfg):
     betas = block_betas(cfg.depths, cfg.alpha)
     num_blocks = len(betas)
     plans, in_channels = [], cfg.stem_widths[-1]
-    for stage, (depth, out_channels, stride) in enumerate(zip(cfg.depths, cfg.widths,
-                                                              cfg.strides)):
+    for depth, out_channels, stride in zip(cfg.depths, cfg.widths, cfg.strides):
         for index in range(depth):
             i = len(plans)
             ratio = cfg.bottleneck_ratio
@@ -130,11 +129,20 @@ def plan_blocks(cfg):
     return plans
 
 
-def make_conv(cfg, in_channels, out_channels, kernel_size, stride=1, groups=1):
+def make_conv(cfg, in_channels, out_channels, kernel_size, stride=1, groups=1, gamma=1.0,
+              beta=1.0):
+    """A WS conv (or, without WS, a plain He-initialised conv) whose input is act(x)·γ·β.
+
+    γ (the preceding activation's) and β are folded into the weight (`input_gain`). A plain conv
+    is initialised so that its effective weight is He-normal for the unscaled activation.
+    """
     if cfg.weight_standardization:
-        return WSConv2d(in_channels, out_channels, kernel_size, stride, groups, cfg.ws_eps)
-    conv = SameConv2d(in_channels, out_channels, kernel_size, stride, groups=groups)
-    nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        return WSConv2d(in_channels, out_channels, kernel_size, stride, groups, cfg.ws_eps,
+                        input_gain=gamma * beta)
+    conv = SameConv2d(in_channels, out_channels, kernel_size, stride, groups=groups,
+                      input_gain=gamma * beta)
+    fan_in = conv.weight[0].numel()
+    nn.init.normal_(conv.weight, 0.0, (2.0 / fan_in) ** 0.5 / gamma)
     nn.init.zeros_(conv.bias)
     return conv
 
@@ -151,45 +159,66 @@ class Downsample(nn.Module):
         return self.conv(x if self.pool is None else self.pool(x))
 
 
-class NFBlock(nn.Module):
-    """`x + α · skip_gain · f(act(x) · β)`, with the NFNet, NF-ResNet or NF-RegNet branch f."""
+def make_se(cfg, plan):
+    if not cfg.se_ratio:
+        return None
+    channels = plan.width if cfg.se_on_bottleneck else plan.out_channels
+    return SqueezeExcite(channels, max(1, int(channels * cfg.se_ratio)))
+
+
+class Bottleneck(nn.Module):
+    """Wiring shared by NF blocks and their BN twins: pre-activation, shortcut, 1×1, 3×3,
+    (second 3×3), (SE), 1×1, (SE). Subclasses build the layers and define `preact(i, x)`."""
+
+    def branch_and_shortcut(self, x):
+        a = self.preact(0, x)
+        shortcut = x if self.downsample is None else self.downsample(a)
+        out = self.conv2(self.preact(1, self.conv1(a)))
+        if self.conv2b is not None:
+            out = self.conv2b(self.preact(2, out))
+        if self.se is not None and self.se_on_bottleneck:
+            out = self.se(out)
+        out = self.conv3(self.preact(3, out))
+        if self.se is not None and not self.se_on_bottleneck:
+            out = self.se(out)
+        return self.drop_path(self.residual(out)), shortcut
+
+
+class NFBlock(Bottleneck):
+    """`x + α · skip_gain · f(act(x) · β)`, with the NFNet, NF-ResNet or NF-RegNet branch f.
+
+    Every activation here is the plain f: its γ (and β for the block input) is the `input_gain`
+    of the conv it feeds.
+    """
 
     def __init__(self, cfg, plan):
         super().__init__()
         self.alpha, self.beta = cfg.alpha, plan.beta
-        self.act = ScaledActivation(cfg.activation)
+        self.act = Activation(cfg.activation)
+        gamma = self.act.gamma
         self.downsample = None
         if plan.stride > 1 or plan.in_channels != plan.out_channels:
             pool = plan.stride > 1 and cfg.shortcut_avg_pool
-            self.downsample = Downsample(pool, make_conv(cfg, plan.in_channels, plan.out_channels,
-                                                         1, 1 if pool else plan.stride))
-        self.conv1 = make_conv(cfg, plan.in_channels, plan.width, 1)
-        self.conv2 = make_conv(cfg, plan.width, plan.width, 3, plan.stride, plan.groups)
-        self.conv2b = (make_conv(cfg, plan.width, plan.width, 3, 1, plan.groups)
+            conv = make_conv(cfg, plan.in_channels, plan.out_channels, 1,
+                             1 if pool else plan.stride, gamma=gamma, beta=plan.beta)
+            self.downsample = Downsample(pool, conv)
+        self.conv1 = make_conv(cfg, plan.in_channels, plan.width, 1, gamma=gamma, beta=plan.beta)
+        self.conv2 = make_conv(cfg, plan.width, plan.width, 3, plan.stride, plan.groups, gamma)
+        self.conv2b = (make_conv(cfg, plan.width, plan.width, 3, 1, plan.groups, gamma)
                        if cfg.second_conv else None)
-        self.conv3 = make_conv(cfg, plan.width, plan.out_channels, 1)
+        self.conv3 = make_conv(cfg, plan.width, plan.out_channels, 1, gamma=gamma)
         self.se_on_bottleneck = cfg.se_on_bottleneck
-        self.se = None
-        if cfg.se_ratio:
-            channels = plan.width if cfg.se_on_bottleneck else plan.out_channels
-            self.se = SqueezeExcite(channels, max(1, int(channels * cfg.se_ratio)))
+        self.se = make_se(cfg, plan)
         self.residual = nn.Identity()  # measurement point for signal-propagation hooks
         self.drop_path = StochasticDepth(plan.drop_rate, cfg.stochastic_depth_rescale)
         self.skip_gain = nn.Parameter(torch.tensor(0.0 if cfg.skip_init else 1.0))
 
+    def preact(self, index, x):
+        return self.act(x)  # × γ (and β) inside the next conv
+
     def forward(self, x):
-        a = self.act(x) * self.beta
-        shortcut = x if self.downsample is None else self.downsample(a)
-        out = self.conv2(self.act(self.conv1(a)))
-        if self.conv2b is not None:
-            out = self.conv2b(self.act(out))
-        if self.se is not None and self.se_on_bottleneck:
-            out = self.se(out)
-        out = self.conv3(self.act(out))
-        if self.se is not None and not self.se_on_bottleneck:
-            out = self.se(out)
-        out = self.drop_path(self.residual(out))
-        return out * self.skip_gain * self.alpha + shortcut
+        out, shortcut = self.branch_and_shortcut(x)
+        return torch.addcmul(shortcut, out, self.skip_gain * self.alpha)
 
 
 class Head(nn.Module):
@@ -226,7 +255,18 @@ def check_input(x, cfg):
                          f"stride {cfg.total_stride}; use at least {cfg.total_stride} px")
 
 
-class NFNet(nn.Module):
+class ImageClassifier(nn.Module):
+    """`forward` = head(forward_features(x)), where the head is pool, dropout and `head.fc`."""
+
+    def forward(self, x):
+        return self.head(self.forward_features(x))
+
+    def reset_classifier(self, num_classes):
+        self.num_classes = num_classes
+        self.head.reset(num_classes, self.cfg.classifier_init)
+
+
+class NFNet(ImageClassifier):
     """Stem → stages of NF blocks → (final conv, act) → pool, dropout, linear."""
 
     def __init__(self, cfg, num_classes=1000):
@@ -236,9 +276,10 @@ class NFNet(nn.Module):
         stem, in_channels = nn.Sequential(), cfg.in_chans
         for i, (width, stride) in enumerate(zip(cfg.stem_widths, cfg.stem_strides)):
             if i:
-                stem.add_module(f"act{i}", ScaledActivation(cfg.activation))
-            stem.add_module(f"conv{i + 1}", make_conv(cfg, in_channels, width, cfg.stem_kernel,
-                                                      stride))
+                stem.add_module(f"act{i}", Activation(cfg.activation))
+            stem.add_module(f"conv{i + 1}", make_conv(
+                cfg, in_channels, width, cfg.stem_kernel, stride,
+                gamma=self.act.gamma if i else 1.0))
             in_channels = width
         if cfg.stem_max_pool:
             stem.add_module("pool", MaxPoolSame(3, 2))
@@ -250,7 +291,7 @@ class NFNet(nn.Module):
         channels = cfg.widths[-1]
         self.final_conv = None
         if cfg.final_channels:
-            self.final_conv = make_conv(cfg, channels, cfg.final_channels, 1)
+            self.final_conv = make_conv(cfg, channels, cfg.final_channels, 1)  # input: no act
             channels = cfg.final_channels
         self.num_features = channels
         self.head = Head(channels, num_classes, cfg.dropout, cfg.classifier_init)
@@ -262,13 +303,6 @@ class NFNet(nn.Module):
         if self.final_conv is not None:
             x = self.final_conv(x)
         return self.act(x)
-
-    def forward(self, x):
-        return self.head(self.forward_features(x))
-
-    def reset_classifier(self, num_classes):
-        self.num_classes = num_classes
-        self.head.reset(num_classes, self.cfg.classifier_init)
 
 
 def split_stages(plans, depths):
@@ -327,7 +361,9 @@ VARIANTS = {
     "nf_regnet_b3": _nf_regnet((56, 128, 248, 528), (2, 5, 9, 9), 288, 320, 0.3),
     "nf_regnet_b4": _nf_regnet((64, 144, 288, 616), (2, 6, 11, 11), 320, 384, 0.4),
     "nf_regnet_b5": _nf_regnet((80, 168, 336, 704), (3, 7, 14, 14), 384, 456, 0.4),
-    "nfnet_s0": NFConfig(depths=(1, 1, 2, 1), widths=(64, 128, 256, 256), **_SMALL),
+    # the Fashion-MNIST default: stem stride 2 (28 → 14 px), SiLU (faster than GELU on CPU)
+    "nfnet_s0": NFConfig(**{**_SMALL, "stem_strides": (2, 1), "strides": (1, 1, 2, 2)},
+                         depths=(1, 1, 2, 1), widths=(64, 128, 256, 256), activation="silu"),
     "nfnet_s1": NFConfig(depths=(1, 2, 4, 2), widths=(96, 192, 384, 384), **_SMALL),
     "nf_resnet_s26": replace(NF_RESNET, depths=(2, 2, 2, 2), widths=(64, 128, 256, 512),
                              stem_widths=(32,), stem_strides=(1,), stem_kernel=3,

@@ -9,6 +9,7 @@ of the two is reported on the test set.
 import copy
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -99,7 +100,10 @@ def train_step(model, optimizer, images, labels, cfg, mix=None):
 
 @torch.no_grad()
 def evaluate(model, batches, normalize, cfg, device):
-    """Top-1 and top-5 accuracy (%) and mean cross-entropy over `batches`."""
+    """Top-1 and top-5 accuracy (%) and mean cross-entropy over `batches`.
+
+    With `cfg.tta_flip`, logits are averaged over each image and its mirror image.
+    """
     was_training = model.training
     model.eval()
     correct1 = correct5 = loss = count = 0
@@ -108,6 +112,8 @@ def evaluate(model, batches, normalize, cfg, device):
         images = images.contiguous(memory_format=_memory_format(cfg))
         with torch.autocast(device.type, torch.bfloat16, enabled=cfg.bf16):
             logits = model(images).float()
+            if cfg.tta_flip:
+                logits = (logits + model(images.flip(3)).float()) / 2
         loss += F.cross_entropy(logits, labels, reduction="sum").item()
         top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
         correct1 += (top5[:, 0] == labels).sum().item()
@@ -116,6 +122,17 @@ def evaluate(model, batches, normalize, cfg, device):
     model.train(was_training)
     return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count,
             "loss": loss / count}
+
+
+def bf16_available(device):
+    """bf16 autocast pays off on CUDA GPUs that have it and on CPUs with AVX512-BF16 or AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def _memory_format(cfg):
@@ -139,6 +156,8 @@ def train(cfg: TrainConfig):
     started = time.time()
     out = _prepare_out_dir(cfg)
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if cfg.bf16 is None:
+        cfg = replace(cfg, bf16=bf16_available(device))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = make_data(cfg)
@@ -175,7 +194,7 @@ def train(cfg: TrainConfig):
         model.train()
         epoch_start, loss_sum, correct, seen, clipped_sum = time.time(), 0.0, 0, 0, 0.0
         bar = tqdm(data.train, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                   disable=not cfg.progress, dynamic_ncols=True)
+                   disable=None if cfg.progress else True, dynamic_ncols=True)
         for images, labels in bar:
             lr = lr_at(step, cfg.lr, warmup_steps, total_steps)
             for group in optimizer.param_groups:
@@ -234,5 +253,5 @@ def train(cfg: TrainConfig):
 
 def _resumable(cfg, saved):
     """The saved config with this run's execution-only fields, for comparing on resume."""
-    keep = {"resume", "progress", "tensorboard", "threads", "out_dir", "device"}
+    keep = {"resume", "progress", "tensorboard", "threads", "out_dir", "device", "bf16"}
     return from_dict({**saved, **{k: getattr(cfg, k) for k in keep}})

@@ -86,10 +86,12 @@ def test_tiny_model_forward_backward_is_fast():
     model = create_model("nfnet_tiny", num_classes=10)
     x = torch.randn(8, 3, 16, 16)
     model(x).sum().backward()  # warm-up
-    start = time.perf_counter()
-    loss = model(x).logsumexp(1).mean()
-    loss.backward()
-    assert time.perf_counter() - start < 0.5
+    times = []
+    for _ in range(3):  # best of three: robust to a busy machine
+        start = time.perf_counter()
+        model(x).logsumexp(1).mean().backward()
+        times.append(time.perf_counter() - start)
+    assert min(times) < 0.5
     assert model(x).shape == (8, 10)
 
 

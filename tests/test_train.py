@@ -93,3 +93,16 @@ def test_truncated_checkpoint_is_named(tmp_path):
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     with pytest.raises(CheckpointError, match="checkpoint.pt"):
         train(debug(tmp_path, epochs=2, resume=True))
+
+
+def test_tensorboard_scalars_can_be_read_back(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    train(debug(tmp_path, tensorboard=True))
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard"))
+    events.Reload()
+    val = events.Scalars("val_acc")
+    assert [e.step for e in val] == [12, 24]
+    import csv
+    rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
+    assert val[-1].value == pytest.approx(float(rows[-1]["val_acc"]))
