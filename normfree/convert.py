@@ -5,7 +5,8 @@ pattern that matches renames the key (`re.sub`) and `layout` turns the tensor in
 layout. Everything is checked (missing, unexpected and mis-shaped keys) before the model is
 touched, so a failed load leaves the model as it was.
 
-Formats: normfree state dicts / files / training checkpoints, timm `dm_nfnet_*` checkpoints.
+Formats: normfree state dicts / files / training checkpoints, timm `dm_nfnet_*` checkpoints,
+DeepMind's Haiku pickles (haiku.py turns them into normfree names first).
 """
 
 import re
@@ -58,12 +59,15 @@ def convert_state_dict(state_dict, fmt):
 
 def read_state_dict(source):
     """A state dict from a path (.safetensors, or a torch file read with weights_only=True)."""
+    from . import haiku
     if isinstance(source, dict):
         state = source
     else:
         path = Path(source)
         if not path.is_file():
             raise CheckpointError(f"weights file {path} does not exist")
+        if haiku.is_haiku_pickle(path):
+            return haiku.haiku_state_dict(haiku.read_haiku_file(path))
         try:
             if path.suffix == ".safetensors":
                 from safetensors.torch import load_file
