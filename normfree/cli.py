@@ -61,6 +61,13 @@ def cmd_spp(args):
     print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.png')}")
 
 
+def cmd_convert(args):
+    from .convert import convert_file
+    meta = convert_file(args.src, args.dst, args.model)
+    print(f"wrote {args.dst}: {meta['model']} ({meta['numerics']} numerics) from "
+          f"{meta['source_format']} file {meta['source']}")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="normfree", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +107,12 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="docs/figures/spp", help="path stem for .csv and .png")
     p.set_defaults(fn=cmd_spp)
+
+    p = commands.add_parser("convert", help="Haiku or timm NFNet weights → normfree .safetensors")
+    p.add_argument("src", help="F0_haiku.npz … F6_haiku.npz, or timm dm_nfnet_* weights")
+    p.add_argument("dst", help="output .safetensors (no pickle needed to load it)")
+    p.add_argument("--model", default=None, help="variant name; default: inferred from the file")
+    p.set_defaults(fn=cmd_convert)
     return parser
 
 

@@ -135,3 +135,45 @@ def load_weights(model, source, fmt=None):
                               + "; ".join(parts) + _variant_hint(state, model))
     model.load_state_dict(state, strict=True)
     return model
+
+
+def infer_variant(state):
+    """The NFNet-F* variant (or its "+" twin) whose depths and stem width a state dict has."""
+    from .models import VARIANTS
+    depths = _depths(state)
+    stem_width = state["stem.conv4.weight"].shape[0] if "stem.conv4.weight" in state else None
+    for name, cfg in VARIANTS.items():
+        if name.startswith("nfnet_f") and tuple(cfg.depths) == depths \
+                and cfg.stem_widths[-1] == stem_width:
+            return name
+    raise CheckpointError(f"cannot tell the variant of weights with stage depths {depths}; "
+                          "pass --model NAME")
+
+
+def convert_file(src, dst, model_name=None):
+    """Haiku or timm weights → a normfree `.safetensors` with metadata; returns the metadata."""
+    import hashlib
+
+    from .checkpoint import export_weights
+    from .haiku import is_haiku_pickle
+    from .zoo import create_model
+    src, dst = Path(src), Path(dst)
+    raw = read_state_dict(src)
+    source_format = "haiku" if is_haiku_pickle(src) else detect_format(raw)
+    state = convert_state_dict(raw, detect_format(raw))
+    name = model_name or infer_variant(state)
+    numerics = "timm" if source_format == "timm" else "deepmind"
+    num_classes = state["head.fc.weight"].shape[0] if "head.fc.weight" in state else 1000
+    model = load_weights(create_model(name, num_classes, numerics=numerics), state)
+    digest = hashlib.sha256()
+    with src.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    size = model.cfg.test_size
+    metadata = {"model": name, "numerics": numerics, "num_classes": num_classes,
+                "source": src.name, "source_format": source_format,
+                "source_sha256": digest.hexdigest(),
+                "preprocessing": {"resize": size + 32, "crop": size, "interpolation": "bicubic",
+                                  "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
+    export_weights(model, dst, metadata)
+    return metadata

@@ -166,3 +166,89 @@ def test_truncated_and_foreign_files(tmp_path):
     path.write_bytes(pickle.dumps([1, 2, 3]))
     with pytest.raises(CheckpointError, match="expected"):
         read_haiku_file(path)
+
+
+# --- an independent NumPy evaluation in the reference's NHWC / HWIO layout --------------------
+
+GAMMA_GELU = 1.7015043497085571
+
+
+def np_gelu(x):
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3))) * GAMMA_GELU
+
+
+def np_ws_conv(x, p, stride=1, groups=1):
+    """TF 'SAME' conv of NHWC x with a standardised HWIO kernel, in float64."""
+    w = p["w"].astype(np.float64)
+    kh, kw, cin, cout = w.shape
+    mean = w.mean(axis=(0, 1, 2))
+    var = w.var(axis=(0, 1, 2))
+    w = p["gain"] * (w - mean) / np.sqrt(np.maximum(kh * kw * cin * var, 1e-4))
+    n, h, wd, _ = x.shape
+    out_h, out_w = -(-h // stride), -(-wd // stride)
+    pad_h = max((out_h - 1) * stride + kh - h, 0)
+    pad_w = max((out_w - 1) * stride + kw - wd, 0)
+    x = np.pad(x, ((0, 0), (pad_h // 2, pad_h - pad_h // 2), (pad_w // 2, pad_w - pad_w // 2),
+                   (0, 0)))
+    out = np.zeros((n, out_h, out_w, cout))
+    group_out = cout // groups
+    for g in range(groups):
+        xs = x[..., g * cin:(g + 1) * cin]
+        for i in range(kh):
+            for j in range(kw):
+                patch = xs[:, i:i + stride * out_h:stride, j:j + stride * out_w:stride, :]
+                out[..., g * group_out:(g + 1) * group_out] += patch @ w[i, j, :, g * group_out:
+                                                                         (g + 1) * group_out]
+    return out + p["bias"]
+
+
+def test_stem_and_first_block_match_numpy_reference(f0, tmp_path):
+    params = to_haiku(f0)
+    path = tmp_path / "F0_haiku.npz"
+    path.write_bytes(pickle.dumps(params))
+    x = np.random.default_rng(0).standard_normal((2, 32, 32, 3))  # NHWC
+    h = np_ws_conv(x, params["NFNet/~/stem_conv0"], stride=2)
+    h = np_ws_conv(np_gelu(h), params["NFNet/~/stem_conv1"])
+    h = np_ws_conv(np_gelu(h), params["NFNet/~/stem_conv2"])
+    stem = np_ws_conv(np_gelu(h), params["NFNet/~/stem_conv3"], stride=2)
+    block = {k.split("/~/", 2)[-1]: v for k, v in params.items()
+             if k.startswith("NFNet/~/nf_block/~/")}
+    a = np_gelu(stem) * 1.0  # β of the first block
+    shortcut = np_ws_conv(a, block["conv_shortcut"])
+    out = np_ws_conv(a, block["conv0"])
+    groups = f0.stages[0][0].conv2.groups
+    out = np_ws_conv(np_gelu(out), block["conv1"], groups=groups)
+    out = np_ws_conv(np_gelu(out), block["conv1b"], groups=groups)
+    out = np_ws_conv(np_gelu(out), block["conv2"])
+    fc1, fc2 = block["squeeze_excite/~/linear"], block["squeeze_excite/~/linear_1"]
+    s = np.maximum(out.mean(axis=(1, 2)) @ fc1["w"] + fc1["b"], 0) @ fc2["w"] + fc2["b"]
+    out = 2 * (1 / (1 + np.exp(-s)))[:, None, None, :] * out
+    skip_gain = params["NFNet/~/nf_block"]["skip_gain"]
+    expected_block = out * skip_gain * 0.2 + shortcut
+
+    model = load_weights(create_model("nfnet_f0"), path).eval()  # HWIO file → OIHW model
+    with torch.no_grad():
+        t = torch.from_numpy(x.transpose(0, 3, 1, 2)).float()
+        got_stem = model.stem(t)
+        got_block = model.stages[0][0](got_stem)
+    for got, expected in ((got_stem, stem), (got_block, expected_block)):
+        got = got.permute(0, 2, 3, 1).double().numpy()
+        assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-5
+
+
+def test_convert_haiku_to_safetensors(f0, tmp_path):
+    import json
+
+    from safetensors import safe_open
+
+    from normfree.cli import main
+    src = tmp_path / "F0_haiku.npz"
+    src.write_bytes(pickle.dumps(to_haiku(f0)))
+    assert main(["convert", str(src), str(tmp_path / "f0.safetensors")]) == 0
+    with safe_open(tmp_path / "f0.safetensors", "pt") as f:
+        meta = f.metadata()
+    assert meta["model"] == "nfnet_f0" and meta["numerics"] == "deepmind"
+    assert len(meta["source_sha256"]) == 64
+    assert json.loads(meta["preprocessing"])["crop"] == 256
+    model = load_weights(create_model("nfnet_f0"), tmp_path / "f0.safetensors")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in f0.state_dict().items())
