@@ -21,16 +21,16 @@ class TrainConfig:
     in_chans: int = 3                        # for synthetic data
     synthetic_size: int = 2048
     # augmentation
-    crop_padding: int = 2
+    crop_padding: int = 2                    # random crop after zero-padding by this much
     flip: bool = True
     randaugment: Optional[tuple] = None      # (layers, magnitude)
     random_erasing: float = 0.0              # probability
     mixup_alpha: float = 0.0                 # MixUp on half the batch, CutMix on the other
     cutmix_alpha: float = 0.0
     label_smoothing: float = 0.1
-    tta_flip: bool = False                   # evaluate on each image and its mirror image
+    tta_flip: bool = True                    # evaluate on each image and its mirror image
     # optimisation
-    epochs: int = 10
+    epochs: int = 16
     batch_size: int = 128
     eval_batch_size: int = 500
     optimizer: str = "sgd"                   # sgd (Nesterov) | adamw
@@ -38,7 +38,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 5e-5               # coupled for SGD, decoupled for AdamW
     warmup_epochs: float = 1.0
-    clip_factor: float = 0.02                # AGC λ; 0 turns AGC off
+    clip_factor: float = 0.04                # AGC λ; 0 turns AGC off
     agc_eps: float = 1e-3
     ema_decay: float = 0.999                 # 0 turns the EMA off
     # execution
@@ -54,11 +54,13 @@ class TrainConfig:
 
 
 PRESETS = {
-    "fmnist": {},
-    "fmnist-long": dict(model="nfnet_s1", epochs=40, random_erasing=0.25, ema_decay=0.9995),
+    # ~14 min on 2 CPU cores with bf16: a short schedule underfits, so no dropout/drop-path
+    "fmnist": dict(dropout=0.0, stochastic_depth=0.0),
+    # not yet measured end to end: see docs/results.md
+    "fmnist-long": dict(model="nfnet_s1", epochs=60, random_erasing=0.25, ema_decay=0.9995),
     "debug": dict(model="nfnet_tiny", dataset="synthetic", image_size=16, synthetic_size=512,
                   val_size=128, epochs=2, batch_size=32, eval_batch_size=128, ema_decay=0.9,
-                  crop_padding=0, warmup_epochs=0.5, lr=0.05),
+                  crop_padding=0, warmup_epochs=0.5, lr=0.05, bf16=False, tta_flip=False),
     # SPEC §11, for users with the hardware (batch 4096 across devices).
     "imagenet-f0": dict(model="nfnet_f0", dataset="folder", image_size=192, epochs=360,
                         batch_size=4096, lr=1.6, weight_decay=2e-5, warmup_epochs=5,

@@ -22,7 +22,7 @@ def evaluate_checkpoint(path, data_dir=None, split="test", device=None):
     overrides = {k: getattr(cfg, k) for k in ("dropout", "stochastic_depth")
                  if getattr(cfg, k) is not None}
     model = create_model(cfg.model, len(data.classes), in_chans=data.in_chans, **overrides)
-    weights = state["best"][0] if state.get("best") else "raw"
+    weights = state["selected"][0] if state.get("selected") else "raw"
     model.load_state_dict(state["ema"] if weights == "ema" else state["model"])
     model.to(device)
     result = evaluate(model, getattr(data, split), Normalize(data.mean, data.std).to(device), cfg,

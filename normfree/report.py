@@ -82,7 +82,8 @@ def plot_curves(metrics_csv, out_png):
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="train")
     ax_loss.plot(epochs, [r["val_loss"] for r in rows], label="val")
-    ax_loss.set(xlabel="epoch", ylabel="cross-entropy", title="Loss")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy",
+                title="Loss (train: augmented, with label smoothing)")
     ax_acc.plot(epochs, [r["train_acc"] for r in rows], label="train (augmented)")
     ax_acc.plot(epochs, [r["val_acc"] for r in rows], label="val")
     ax_acc.plot(epochs, [r["val_acc_ema"] for r in rows], label="val, EMA weights")

@@ -163,6 +163,7 @@ def train(cfg: TrainConfig):
     data = make_data(cfg)
     overrides = {k: getattr(cfg, k) for k in ("dropout", "stochastic_depth")
                  if getattr(cfg, k) is not None}
+    torch.manual_seed(cfg.seed)  # the initial weights depend on the seed and nothing else
     model = create_model(cfg.model, len(data.classes), in_chans=data.in_chans, **overrides)
     model.to(device, memory_format=_memory_format(cfg))
     normalize = Normalize(data.mean, data.std).to(device)
@@ -172,7 +173,7 @@ def train(cfg: TrainConfig):
     steps_per_epoch = len(data.train)
     total_steps = cfg.epochs * steps_per_epoch
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-    step, start_epoch, best = 0, 0, None
+    step, start_epoch, selected = 0, 0, None
     if cfg.resume:
         state = load_checkpoint(out / "checkpoint.pt", map_location=device)
         if _resumable(cfg, state["config"]) != cfg:
@@ -182,7 +183,7 @@ def train(cfg: TrainConfig):
         optimizer.load_state_dict(state["optimizer"])
         if ema is not None:
             ema.module.load_state_dict(state["ema"])
-        step, start_epoch, best = state["step"], state["epoch"], state["best"]
+        step, start_epoch, selected = state["step"], state["epoch"], state["selected"]
     print(f"normfree train: {cfg}\n  {sum(p.numel() for p in model.parameters()):,} params, "
           f"{steps_per_epoch} steps/epoch, output in {out}", flush=True)
     save_json(out / "config.json", to_dict(cfg))
@@ -227,20 +228,21 @@ def train(cfg: TrainConfig):
               f"AGC clipped {100 * row['agc_clipped']:.1f}% of units  ({seconds:.0f}s)",
               flush=True)
         candidates = [("raw", val["top1"])] + ([("ema", val_ema["top1"])] if ema else [])
-        best = max(candidates, key=lambda c: c[1])
+        selected = max(candidates, key=lambda c: c[1])  # raw or EMA, by validation top-1
         save_checkpoint(out / "checkpoint.pt", {
             "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "ema": ema.module.state_dict() if ema else None, "step": step,
-            "epoch": epoch + 1, "best": best, "config": to_dict(cfg),
+            "epoch": epoch + 1, "selected": selected, "config": to_dict(cfg),
             "model_name": cfg.model, "classes": list(data.classes)})
     log.close()
-    chosen = ema.module if ema is not None and best and best[0] == "ema" else model
+    chosen = ema.module if ema is not None and selected and selected[0] == "ema" else model
     test = evaluate(chosen, data.test, normalize, cfg, device)
     plot_curves(out / "metrics.csv", out / "curves.png")
     export_weights(chosen, out / "model.safetensors",
                    {"model": cfg.model, "classes": list(data.classes), "config": to_dict(cfg)})
     results = {"test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"],
-               "weights": best[0] if best else "raw", "val_top1": best[1] if best else None,
+               "weights": selected[0] if selected else "raw",
+               "val_top1": selected[1] if selected else None,
                "epochs": cfg.epochs, "steps": step, "train_seconds": time.time() - started,
                "seed": cfg.seed, "machine": machine_info(), "out_dir": str(out)}
     save_json(out / "results.json", results)

@@ -80,3 +80,32 @@ def test_batches_cover_the_data_and_augment_per_image():
     assert shifted.dtype == torch.uint8
     centres = {tuple(torch.nonzero(x[0]).float().mean(0).tolist()) for x in shifted}
     assert len(centres) > 1  # crops differ between images of the same batch
+
+
+def test_image_folder_tree(tmp_path):
+    from PIL import Image
+
+    from normfree.config import preset
+    from normfree.data import make_data
+    g = torch.Generator().manual_seed(0)
+    for split, n in (("train", 12), ("test", 4)):
+        for cls in ("cat", "dog"):
+            (tmp_path / split / cls).mkdir(parents=True)
+            for i in range(n):
+                pixels = torch.randint(0, 256, (40, 50, 3), dtype=torch.uint8, generator=g)
+                Image.fromarray(pixels.numpy()).save(tmp_path / split / cls / f"{i}.png")
+    cfg = preset("debug", dataset="folder", data_dir=str(tmp_path), image_size=32, val_size=4,
+                 batch_size=8, eval_batch_size=8)
+    data = make_data(cfg)
+    assert data.classes == ("cat", "dog") and data.in_chans == 3
+    images, labels = next(iter(data.train))
+    assert images.shape == (8, 3, 32, 32) and images.dtype == torch.uint8
+    assert sum(len(y) for _, y in data.val) == 4
+    assert sum(len(y) for _, y in data.test) == 8
+
+
+def test_folder_without_train_subfolder_is_explained(tmp_path):
+    from normfree.config import preset
+    from normfree.data import make_data
+    with pytest.raises(DataError, match="'train' subfolder"):
+        make_data(preset("debug", dataset="folder", data_dir=str(tmp_path)))

@@ -1,3 +1,4 @@
+import importlib
 import math
 
 import pytest
@@ -65,16 +66,38 @@ def test_debug_run_writes_artefacts(tmp_path):
     assert result["test_top1"] > 20.0  # well above chance (10 %) on the synthetic classes
 
 
-def test_resume_is_bit_exact(tmp_path):
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_is_bit_exact(tmp_path, monkeypatch):
     straight = train(debug(tmp_path / "a", epochs=3))
-    first = debug(tmp_path / "b", epochs=1)
-    train(first)
+    train_module = importlib.import_module("normfree.train")  # normfree.train is the function
+    real_save = train_module.save_checkpoint
+
+    def save_then_die(*args, **kwargs):  # the process "dies" right after the first checkpoint
+        real_save(*args, **kwargs)
+        raise Interrupted
+    monkeypatch.setattr(train_module, "save_checkpoint", save_then_die)
+    interrupted = debug(tmp_path / "b", epochs=3)
+    with pytest.raises(Interrupted):
+        train(interrupted)
+    assert load_checkpoint(tmp_path / "b" / "run" / "checkpoint.pt")["epoch"] == 1
+    monkeypatch.setattr(train_module, "save_checkpoint", real_save)
     from dataclasses import replace
-    resumed = train(replace(first, epochs=3, resume=True))
+    resumed = train(replace(interrupted, resume=True))
     assert resumed["steps"] == straight["steps"]
-    a = load_checkpoint(tmp_path / "a" / "run" / "checkpoint.pt")["model"]
-    b = load_checkpoint(tmp_path / "b" / "run" / "checkpoint.pt")["model"]
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["test_top1"] == straight["test_top1"]
+    a = load_checkpoint(tmp_path / "a" / "run" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "b" / "run" / "checkpoint.pt")
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
+
+
+def test_resume_with_other_flags_is_refused(tmp_path):
+    train(debug(tmp_path, epochs=1))
+    with pytest.raises(CheckpointError, match="another config"):
+        train(debug(tmp_path, epochs=1, lr=0.5, resume=True))
 
 
 def test_existing_output_is_refused_untouched(tmp_path):
