@@ -7,8 +7,7 @@ import torch
 from .checkpoint import load_checkpoint
 from .config import from_dict
 from .data import Normalize, make_data
-from .train import evaluate
-from .zoo import create_model
+from .train import evaluate, model_for
 
 
 def evaluate_checkpoint(path, data_dir=None, split="test", device=None):
@@ -19,9 +18,7 @@ def evaluate_checkpoint(path, data_dir=None, split="test", device=None):
         cfg = replace(cfg, data_dir=data_dir)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     data = make_data(cfg)
-    overrides = {k: getattr(cfg, k) for k in ("dropout", "stochastic_depth")
-                 if getattr(cfg, k) is not None}
-    model = create_model(cfg.model, len(data.classes), in_chans=data.in_chans, **overrides)
+    model = model_for(cfg, data)
     weights = state["selected"][0] if state.get("selected") else "raw"
     model.load_state_dict(state["ema"] if weights == "ema" else state["model"])
     model.to(device)

@@ -135,6 +135,13 @@ def bf16_available(device):
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def model_for(cfg, data):
+    """The run's model: `cfg.model` sized for the data, with the config's regularisation."""
+    overrides = {k: getattr(cfg, k) for k in ("dropout", "stochastic_depth")
+                 if getattr(cfg, k) is not None}
+    return create_model(cfg.model, len(data.classes), in_chans=data.in_chans, **overrides)
+
+
 def _memory_format(cfg):
     return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
@@ -161,10 +168,8 @@ def train(cfg: TrainConfig):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     data = make_data(cfg)
-    overrides = {k: getattr(cfg, k) for k in ("dropout", "stochastic_depth")
-                 if getattr(cfg, k) is not None}
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed and nothing else
-    model = create_model(cfg.model, len(data.classes), in_chans=data.in_chans, **overrides)
+    model = model_for(cfg, data)
     model.to(device, memory_format=_memory_format(cfg))
     normalize = Normalize(data.mean, data.std).to(device)
     optimizer = build_optimizer(cfg, model)
