@@ -1,6 +1,8 @@
-"""Throughput harness: train step (forward, backward, AGC, optimizer step) and inference, timed
-separately with warm-up and repeats; median and spread in images per second."""
+"""Throughput harness: train step (forward, backward, AGC, optimizer step), inference, and
+inference with Scaled WS folded (`fold_ws`), timed separately with warm-up and repeats; median and
+spread in images per second."""
 
+import copy
 import statistics
 import time
 
@@ -8,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from .agc import clip_param_groups_, param_groups
+from .deploy import fold_ws
 from .report import machine_info
 from .zoo import create_model
 
@@ -62,8 +65,11 @@ def bench(model_name="nfnet_s0", image_size=None, batch_size=16, num_classes=10,
         with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
             model(images)
     infer_time = time_calls(infer, repeats=repeats)
+    model = fold_ws(copy.deepcopy(model))  # `infer` reads `model` when called: the folded copy
+    folded_time = time_calls(infer, repeats=repeats)
     rate = lambda t: [round(batch_size / x, 1) for x in (t[0], t[2], t[1])]  # noqa: E731
     return {"model": model_name, "image_size": size, "batch_size": batch_size,
             "dtype": "bf16" if bf16 else "fp32", "channels_last": channels_last,
             "train_img_s": rate(train_time), "infer_img_s": rate(infer_time),
+            "infer_folded_img_s": rate(folded_time),
             "agc_fraction_of_step": agc_time[0] / train_time[0], **machine_info()}

@@ -21,16 +21,21 @@ class CheckpointError(ValueError):
 def atomic_write(path, write):
     """Call `write(file_object)` on a temp file next to `path`, fsync it, then rename it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):  # full disk, read-only or missing directory, ...
+            raise CheckpointError(f"cannot write {path}: {e.strerror or e}; nothing was "
+                                  "replaced (the previous file, if any, is kept)") from None
         raise
 
 

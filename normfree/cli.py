@@ -5,12 +5,13 @@ Errors the user can fix (bad flags, missing data, bad checkpoints) print one lin
 
 import argparse
 import json
+import signal
 import sys
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, save_json
 from .config import PRESETS, add_config_flags, config_from_args
 from .data import DataError
-from .train import TrainingDiverged
+from .train import TrainingDiverged, TrainingStopped
 
 
 def cmd_list(args):
@@ -31,13 +32,48 @@ def cmd_train(args):
 
 
 def cmd_eval(args):
-    from .evaluate import evaluate_checkpoint
-    result = evaluate_checkpoint(args.checkpoint, data_dir=args.data_dir, split=args.split)
-    print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
-          f"({result['images']} images, {result['weights']} weights)")
+    if (args.checkpoint is None) == (args.weights is None):
+        raise ValueError("give either --checkpoint (a training run) or --weights with --data")
+    if args.weights is not None:
+        from .pretrained import evaluate_folder, load_pretrained
+        if args.data is None:
+            raise ValueError("--weights needs --data DIR (an ImageFolder tree, or a flat folder "
+                             "with --labels FILE)")
+        pretrained = load_pretrained(args.weights, args.model)
+        result = evaluate_folder(pretrained, args.data, args.labels, args.image_size,
+                                 args.batch_size, args.bad_images)
+        result["weights"] = str(args.weights)
+    else:
+        from .evaluate import evaluate_checkpoint
+        result = evaluate_checkpoint(args.checkpoint, data_dir=args.data, split=args.split)
+    print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  ({result['images']} "
+          f"images" + (f", {result['skipped']} unreadable skipped" if result.get("skipped")
+                       else "") + ")")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+        save_json(args.json, result)
+
+
+def cmd_predict(args):
+    from .pretrained import load_pretrained, predict
+    pretrained = load_pretrained(args.weights, args.model)
+    results = predict(pretrained, args.images, args.top, args.image_size)
+    for path, top in zip(args.images, results):
+        print(path)
+        for name, prob in top:
+            print(f"  {100 * prob:6.2f}%  {name}")
+    if args.json:
+        save_json(args.json, {str(p): [{"class": n, "probability": q} for n, q in top]
+                              for p, top in zip(args.images, results)})
+
+
+def cmd_export(args):
+    from .deploy import export_onnx
+    from .pretrained import load_pretrained
+    pretrained = load_pretrained(args.weights, args.model, device="cpu")
+    size = args.image_size or pretrained.preprocessing["crop"]
+    error = export_onnx(pretrained.model, args.onnx, size)
+    print(f"wrote {args.onnx} ({pretrained.name}, {size} px, dynamic batch); onnxruntime vs "
+          f"PyTorch logits: {error:.1e} relative")
 
 
 def cmd_bench(args):
@@ -81,12 +117,50 @@ def build_parser():
     add_config_flags(p)
     p.set_defaults(fn=cmd_train)
 
-    p = commands.add_parser("eval", help="top-1/top-5 of a training checkpoint")
-    p.add_argument("--checkpoint", required=True, help="checkpoint.pt of a training run")
-    p.add_argument("--data-dir", default=None, help="override the dataset location")
-    p.add_argument("--split", default="test", choices=["val", "test"])
+    p = commands.add_parser("eval", help="top-1/top-5 of a training checkpoint, or of weights "
+                                         "on an image folder",
+                            description="Either --checkpoint RUN/checkpoint.pt (its own dataset) "
+                                        "or --weights FILE --data DIR (the reference "
+                                        "preprocessing: resize to (S+32)² bicubic, centre crop "
+                                        "S).")
+    p.add_argument("--checkpoint", default=None, help="checkpoint.pt of a training run")
+    p.add_argument("--weights", default=None,
+                   help="Haiku (F*_haiku.npz), timm or normfree .safetensors weights")
+    p.add_argument("--data", "--data-dir", dest="data", default=None,
+                   help="with --weights: ImageFolder tree (class folders in the weights' class "
+                        "order, e.g. ImageNet wnids) or flat folder; with --checkpoint: "
+                        "override the dataset location")
+    p.add_argument("--labels", default=None,
+                   help="labels file for a flat folder: '<file name> <class index or name>' "
+                        "per line")
+    p.add_argument("--model", default=None, help="variant name; default: from the weights")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="crop size S; default: the variant's test size")
+    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--bad-images", default="skip", choices=["skip", "stop"],
+                   help="unreadable images: skip them (counted) or stop")
+    p.add_argument("--split", default="test", choices=["val", "test"],
+                   help="with --checkpoint: which split")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
     p.set_defaults(fn=cmd_eval)
+
+    p = commands.add_parser("predict", help="top-5 classes of images")
+    p.add_argument("images", nargs="+", help="image files")
+    p.add_argument("--weights", required=True, help="Haiku, timm or normfree weights")
+    p.add_argument("--model", default=None, help="variant name; default: from the weights")
+    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--image-size", type=int, default=None, help="default: the weights' size")
+    p.add_argument("--json", default=None, help="also write the predictions to this file")
+    p.set_defaults(fn=cmd_predict)
+
+    p = commands.add_parser("export", help="fold Scaled WS and export to ONNX (checked with "
+                                           "onnxruntime)")
+    p.add_argument("--weights", required=True, help="Haiku, timm or normfree weights")
+    p.add_argument("--onnx", required=True, help="output .onnx file")
+    p.add_argument("--model", default=None, help="variant name; default: from the weights")
+    p.add_argument("--image-size", type=int, default=None,
+                   help="input size the file is valid for; default: the weights' size")
+    p.set_defaults(fn=cmd_export)
 
     p = commands.add_parser("bench", help="train-step and inference throughput of a model")
     p.add_argument("--model", default="nfnet_s0")
@@ -120,9 +194,13 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         args.fn(args)
-    except (DataError, CheckpointError, FileExistsError, ValueError, TrainingDiverged) as e:
+    except (DataError, CheckpointError, FileExistsError, ValueError, TrainingDiverged,
+            ImportError) as e:
         print(f"normfree {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except TrainingStopped as e:
+        print(f"normfree {args.command}: {e}", file=sys.stderr)
+        return 128 + signal.Signals[e.signal].value
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -10,16 +10,21 @@ from typing import Optional
 @dataclass
 class TrainConfig:
     # model
-    model: str = "nfnet_s0"
+    model: Optional[str] = "nfnet_s0"        # None: the variant --init-from holds
+    numerics: Optional[str] = None           # deepmind | timm; None: --init-from's, else deepmind
     dropout: Optional[float] = None          # None: the model's own
     stochastic_depth: Optional[float] = None  # None: the model's own
+    init_from: Optional[str] = None          # weights to fine-tune (classifier replaced if the
+                                             # classes differ): Haiku, timm or normfree file
+    freeze: Optional[str] = None             # modules kept fixed, e.g. "stem,stages.0"
     # data
     dataset: str = "fashion-mnist"           # fashion-mnist | folder | synthetic
     data_dir: Optional[str] = None           # None: /usr/share/datasets/fashion-mnist
     val_size: int = 5000                     # held out of the training set for model selection
-    image_size: int = 28                     # for folder and synthetic data
+    image_size: Optional[int] = 28           # folder/synthetic data; None: the model's train size
     in_chans: int = 3                        # for synthetic data
     synthetic_size: int = 2048
+    bad_images: str = "skip"                 # unreadable files in a folder: skip | stop
     # augmentation
     crop_padding: int = 2                    # random crop after zero-padding by this much
     flip: bool = True
@@ -46,18 +51,27 @@ class TrainConfig:
     device: Optional[str] = None             # None: cuda if available, else cpu
     bf16: Optional[bool] = None              # bfloat16 autocast; None: where the hardware has it
     channels_last: bool = True
+    compile: bool = False                    # torch.compile the training forward/backward
     threads: int = 0                         # 0: all cores
+    workers: Optional[int] = None            # image-decoding processes for folder data;
+                                             # None: min(4, cores)
     out_dir: Optional[str] = None            # None: runs/<model>-<time>
     resume: bool = False
+    checkpoint_every: int = 0                # also checkpoint every N steps (0: epoch ends only)
     tensorboard: bool = False
     progress: bool = True
 
 
 PRESETS = {
     # ~14 min on 2 CPU cores with bf16: a short schedule underfits, so no dropout/drop-path
-    "fmnist": dict(dropout=0.0, stochastic_depth=0.0),
-    # not yet measured end to end: see docs/results.md
-    "fmnist-long": dict(model="nfnet_s1", epochs=60, random_erasing=0.25, ema_decay=0.9995),
+    "fmnist": dict(dropout=0.0, stochastic_depth=0.0, compile=True, epochs=20),
+    "fmnist-long": dict(model="nfnet_s1", epochs=60, random_erasing=0.25, ema_decay=0.9995,
+                        compile=True),
+    # SPEC §11's fine-tuning recipe (warm-up, cosine, wd 1e-5, dropout 0.25, drop-path 0.1,
+    # EMA) at a small-data scale; needs --init-from and --data-dir.
+    "finetune": dict(model=None, dataset="folder", image_size=None, epochs=10, batch_size=32,
+                     lr=0.01, weight_decay=1e-5, warmup_epochs=1.0, dropout=0.25,
+                     stochastic_depth=0.1, ema_decay=0.999),
     "debug": dict(model="nfnet_tiny", dataset="synthetic", image_size=16, synthetic_size=512,
                   val_size=128, epochs=2, batch_size=32, eval_batch_size=128, ema_decay=0.9,
                   crop_padding=0, warmup_epochs=0.5, lr=0.05, bf16=False, tta_flip=False),

@@ -151,29 +151,20 @@ def infer_variant(state):
 
 
 def convert_file(src, dst, model_name=None):
-    """Haiku or timm weights → a normfree `.safetensors` with metadata; returns the metadata."""
+    """Haiku, timm or normfree weights → a normfree `.safetensors` with metadata (returned)."""
     import hashlib
 
     from .checkpoint import export_weights
-    from .haiku import is_haiku_pickle
-    from .zoo import create_model
-    src, dst = Path(src), Path(dst)
-    raw = read_state_dict(src)
-    source_format = "haiku" if is_haiku_pickle(src) else detect_format(raw)
-    state = convert_state_dict(raw, detect_format(raw))
-    name = model_name or infer_variant(state)
-    numerics = "timm" if source_format == "timm" else "deepmind"
-    num_classes = state["head.fc.weight"].shape[0] if "head.fc.weight" in state else 1000
-    model = load_weights(create_model(name, num_classes, numerics=numerics), state)
+    from .pretrained import load_pretrained
+    src = Path(src)
+    pretrained = load_pretrained(src, model_name, device="cpu")
     digest = hashlib.sha256()
     with src.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
-    size = model.cfg.test_size
-    metadata = {"model": name, "numerics": numerics, "num_classes": num_classes,
-                "source": src.name, "source_format": source_format,
-                "source_sha256": digest.hexdigest(),
-                "preprocessing": {"resize": size + 32, "crop": size, "interpolation": "bicubic",
-                                  "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}}
-    export_weights(model, dst, metadata)
+    metadata = {"model": pretrained.name, "numerics": pretrained.numerics,
+                "num_classes": len(pretrained.classes), "classes": list(pretrained.classes),
+                "source": src.name, "source_format": pretrained.source_format,
+                "source_sha256": digest.hexdigest(), "preprocessing": pretrained.preprocessing}
+    export_weights(pretrained.model, dst, metadata)
     return metadata

@@ -7,7 +7,7 @@ transforms (about 30-70 µs an image here, a few % of a training step).
 
 import gzip
 import math
-import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +34,7 @@ def read_idx(path):
     path = Path(path)
     try:
         raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    except (OSError, EOFError, gzip.BadGzipFile) as e:
+    except (OSError, EOFError, zlib.error) as e:  # BadGzipFile is an OSError
         raise DataError(f"{path}: cannot read IDX file ({e})") from None
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
         raise DataError(f"{path}: not an IDX file (expected magic bytes 00 00, got "
@@ -112,9 +112,14 @@ class TensorBatches:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __iter__(self):
+        return self.iterate()
+
+    def iterate(self, start=0):
+        """Batches `start`, `start` + 1, ... of this pass (the order is drawn in full first, so
+        resuming mid-epoch sees the same batches)."""
         n = len(self.labels)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
-        for i in range(len(self)):
+        for i in range(start, len(self)):
             index = order[i * self.batch_size:(i + 1) * self.batch_size]
             images = self.images[index]
             if self.transform is not None:
@@ -173,6 +178,7 @@ def make_data(cfg):
         classes, mean, std = tuple(str(i) for i in range(10)), (0.5,) * cfg.in_chans, \
             (0.25,) * cfg.in_chans
     elif cfg.dataset == "folder":
+        from .folders import make_folder_data
         return make_folder_data(cfg)
     else:
         raise DataError(f"dataset must be 'fashion-mnist', 'synthetic' or 'folder', got "
@@ -189,37 +195,3 @@ def make_data(cfg):
         val=TensorBatches(*val_set, **eval_batches) if cfg.val_size else None,
         test=TensorBatches(*test_set, **eval_batches),
         classes=classes, in_chans=train_set[0].shape[1], image_size=size, mean=mean, std=std)
-
-
-def make_folder_data(cfg):
-    """ImageFolder trees: DIR/train and DIR/val (or a split of train), DIR/test if present."""
-    from torch.utils.data import DataLoader, Subset
-    from torchvision.datasets import ImageFolder
-
-    root = Path(cfg.data_dir or "")
-    if not (root / "train").is_dir():
-        raise DataError(f"--data-dir {root}: expected an ImageFolder tree with a 'train' "
-                        "subfolder (train/<class>/<image>), and optionally 'val' and 'test'")
-    size = cfg.image_size
-    train_tf = v2.Compose([v2.RandomResizedCrop(size, antialias=True),
-                           v2.RandomHorizontalFlip() if cfg.flip else v2.Identity(),
-                           v2.PILToTensor()])
-    eval_tf = v2.Compose([v2.Resize(size + 32, antialias=True), v2.CenterCrop(size),
-                          v2.PILToTensor()])
-    train = ImageFolder(root / "train", transform=train_tf)
-    if (root / "val").is_dir():
-        val = ImageFolder(root / "val", transform=eval_tf)
-    else:
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-        val = Subset(ImageFolder(root / "train", transform=eval_tf),
-                     order[:cfg.val_size].tolist())
-        train = Subset(train, order[cfg.val_size:].tolist())
-    test = ImageFolder(root / "test", transform=eval_tf) if (root / "test").is_dir() else val
-    workers = min(4, os.cpu_count() or 1)
-    loader = dict(num_workers=workers, persistent_workers=workers > 0)
-    classes = tuple((train.dataset if isinstance(train, Subset) else train).classes)
-    return Data(
-        train=DataLoader(train, cfg.batch_size, shuffle=True, drop_last=True, **loader),
-        val=DataLoader(val, cfg.eval_batch_size, **loader),
-        test=DataLoader(test, cfg.eval_batch_size, **loader),
-        classes=classes, in_chans=3, image_size=size, mean=IMAGENET_MEAN, std=IMAGENET_STD)

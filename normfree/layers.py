@@ -105,11 +105,11 @@ class SamePaddingMixin:
     """Resolves TF 'SAME' padding per input size once, as conv padding or as an explicit pad."""
 
     def _padding_for(self, height, width):
-        key = (height, width)
+        key = (int(height), int(width))  # ints also when traced (ONNX export: fixed size)
         cached = self._padding_cache.get(key)
         if cached is None:
-            pad_h = same_padding(height, self.kernel_size[0], self.stride[0], self.dilation[0])
-            pad_w = same_padding(width, self.kernel_size[1], self.stride[1], self.dilation[1])
+            pad_h = same_padding(key[0], self.kernel_size[0], self.stride[0], self.dilation[0])
+            pad_w = same_padding(key[1], self.kernel_size[1], self.stride[1], self.dilation[1])
             if pad_h[0] == pad_h[1] and pad_w[0] == pad_w[1]:
                 cached = ((pad_h[0], pad_w[0]), None)  # symmetric: the conv pads, no copy
             else:
@@ -213,7 +213,7 @@ class MaxPoolSame(nn.Module):
         self.kernel_size, self.stride = kernel_size, stride
 
     def forward(self, x):
-        pads = [same_padding(s, self.kernel_size, self.stride) for s in x.shape[-2:]]
+        pads = [same_padding(int(s), self.kernel_size, self.stride) for s in x.shape[-2:]]
         padding = tuple(before for before, _ in pads)
         ceil_mode = any(after > before for before, after in pads)
         return F.max_pool2d(x, self.kernel_size, self.stride, padding, ceil_mode=ceil_mode)

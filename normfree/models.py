@@ -265,6 +265,29 @@ class ImageClassifier(nn.Module):
         self.num_classes = num_classes
         self.head.reset(num_classes, self.cfg.classifier_init)
 
+    def forward_stages(self, x):
+        """The output of every stage, for detection/segmentation backbones (like timm's
+        `features_only`); `feature_info` gives their channels and strides. These are residual
+        streams, not activated: their scale grows within a stage (SPEC §4)."""
+        check_input(x, self.cfg)
+        x = self.stem(x)
+        maps = []
+        for stage in self.stages:
+            x = stage(x)
+            maps.append(x)
+        return maps
+
+    @property
+    def feature_info(self):
+        """[{"module", "channels", "reduction"}] of each `forward_stages` output."""
+        cfg = self.cfg
+        reduction = math.prod(cfg.stem_strides) * (2 if cfg.stem_max_pool else 1)
+        info = []
+        for i, (width, stride) in enumerate(zip(cfg.widths, cfg.strides)):
+            reduction *= stride
+            info.append({"module": f"stages.{i}", "channels": width, "reduction": reduction})
+        return info
+
 
 class NFNet(ImageClassifier):
     """Stem → stages of NF blocks → (final conv, act) → pool, dropout, linear."""

@@ -1,12 +1,15 @@
 """Run artefacts: metrics.csv, curves.png, TensorBoard scalars, and the machine's description."""
 
 import csv
+import io
 import os
 import platform
 import subprocess
 from pathlib import Path
 
 import torch
+
+from .checkpoint import atomic_write
 
 
 def machine_info():
@@ -36,8 +39,14 @@ def git_commit():
 class MetricsLog:
     """Appends one row per epoch to metrics.csv (and TensorBoard, if asked)."""
 
-    def __init__(self, out_dir, tensorboard=False):
+    def __init__(self, out_dir, tensorboard=False, keep_epochs=0):
+        """`keep_epochs`: rows of later epochs (written before a crash, redone on resume) go."""
         self.path = Path(out_dir) / "metrics.csv"
+        if self.path.exists():
+            with self.path.open(newline="") as f:
+                reader = csv.DictReader(f)
+                rows = [r for r in reader if float(r["epoch"]) <= keep_epochs]
+            atomic_write(self.path, lambda f: f.write(_csv_text(reader.fieldnames, rows)))
         self.writer = None
         if tensorboard:
             try:
@@ -63,6 +72,14 @@ class MetricsLog:
     def close(self):
         if self.writer is not None:
             self.writer.close()
+
+
+def _csv_text(fieldnames, rows):
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fieldnames)
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue().encode()
 
 
 def read_metrics(path):

@@ -37,3 +37,32 @@ def test_list_prints_models_with_params(capsys):
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "nfnet_f0" in out and "71,489,284" in out and "12.38" in out
+
+
+def test_predict_export_and_bench_from_the_command_line(tmp_path, capsys):
+    pytest.importorskip("onnxruntime", reason="the onnx extra is part of the test install")
+    from PIL import Image
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "debug", "--out-dir", str(run), "--no-progress"]) == 0
+    image = tmp_path / "x.png"
+    Image.new("RGB", (20, 24), (200, 30, 30)).save(image)
+    capsys.readouterr()
+    assert main(["predict", "--weights", str(run / "model.safetensors"), str(image), "--top",
+                 "3", "--json", str(tmp_path / "p.json")]) == 0
+    predictions = json.loads((tmp_path / "p.json").read_text())[str(image)]
+    assert len(predictions) == 3 and {p["class"] for p in predictions} <= set("0123456789")
+    assert sum(p["probability"] for p in predictions) <= 1.0 + 1e-6
+    assert main(["export", "--weights", str(run / "model.safetensors"), "--onnx",
+                 str(tmp_path / "m.onnx")]) == 0
+    assert (tmp_path / "m.onnx").stat().st_size > 0 and "onnxruntime" in capsys.readouterr().out
+    assert main(["bench", "--model", "nfnet_tiny", "--batch-size", "4", "--repeats", "2"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert all(record[k][0] > 0 for k in ("train_img_s", "infer_img_s", "infer_folded_img_s"))
+
+
+def test_eval_needs_exactly_one_source(tmp_path, capsys):
+    assert main(["eval"]) == 2
+    assert "either --checkpoint" in capsys.readouterr().err
+    assert main(["eval", "--weights", str(tmp_path / "missing.safetensors"), "--data",
+                 str(tmp_path)]) == 2
+    assert "does not exist" in capsys.readouterr().err

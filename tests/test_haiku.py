@@ -252,3 +252,25 @@ def test_convert_haiku_to_safetensors(f0, tmp_path):
     assert json.loads(meta["preprocessing"])["crop"] == 256
     model = load_weights(create_model("nfnet_f0"), tmp_path / "f0.safetensors")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in f0.state_dict().items())
+
+
+def test_deeper_variant_is_inferred_from_a_haiku_file(tmp_path, fake_haiku):
+    """F1 (24 blocks, 178 modules): `load_pretrained` finds the variant from the file alone."""
+    from normfree.pretrained import load_pretrained
+    torch.manual_seed(1)
+    f1 = create_model("nfnet_f1").eval()
+    with torch.no_grad():
+        for key, p in f1.named_parameters():
+            if key.endswith("skip_gain"):
+                p.uniform_(0.2, 1.0)
+    modules = to_haiku(f1, fake_haiku)
+    assert len(modules) == 4 + 7 * 24 + 4 + 2
+    path = tmp_path / "F1_haiku.npz"
+    path.write_bytes(pickle.dumps(modules, protocol=4))
+    pretrained = load_pretrained(path, device="cpu")
+    assert pretrained.name == "nfnet_f1" and pretrained.numerics == "deepmind"
+    assert pretrained.source_format == "haiku" and len(pretrained.classes) == 1000
+    x = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, got = f1(x), pretrained.model(x)
+    assert ((got - expected).abs().max() / expected.abs().max()).item() <= 1e-6
