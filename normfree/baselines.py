@@ -9,7 +9,7 @@ unscaled activations, no α, β or skip gain. `order` chooses where BN sits in e
 from torch import nn
 
 from .layers import Activation, MaxPoolSame, SameConv2d, StochasticDepth
-from .models import (Bottleneck, Downsample, Head, ImageClassifier, check_input, make_se,
+from .models import (Bottleneck, Downsample, Head, ImageClassifier, make_se,
                      plan_blocks, split_stages)
 
 ORDERS = ("bn_act", "act_bn")
@@ -89,8 +89,7 @@ class BNNet(ImageClassifier):
         self.head = Head(channels, num_classes, cfg.dropout, cfg.classifier_init)
 
     def forward_features(self, x):
-        check_input(x, self.cfg)
-        x = self.stages(self.stem(x))
+        x = self.forward_stages(x)[-1]
         if self.final_conv is not None:
             x = self.final_conv(self.final_pre(x))
         return self.post(x)

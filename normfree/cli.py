@@ -5,6 +5,7 @@ Errors the user can fix (bad flags, missing data, bad checkpoints) print one lin
 
 import argparse
 import json
+import os
 import signal
 import sys
 
@@ -27,8 +28,28 @@ def cmd_list(args):
 
 
 def cmd_train(args):
+    config = config_from_args(args)  # flags are checked before any process starts
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        from .distributed import launch
+        if config.batch_size % args.nproc:
+            raise ValueError(f"--batch-size {config.batch_size} (the global batch) must divide "
+                             f"evenly over {args.nproc} processes")
+        return launch(args.nproc, without_flag(args.argv, "--nproc"))
     from .train import train
-    train(config_from_args(args))
+    train(config)
+
+
+def without_flag(argv, flag):
+    """`argv` without `flag VALUE` / `flag=VALUE`."""
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == flag:
+            skip = True
+        elif not item.startswith(flag + "="):
+            kept.append(item)
+    return kept
 
 
 def cmd_eval(args):
@@ -77,9 +98,19 @@ def cmd_export(args):
 
 
 def cmd_bench(args):
-    from .bench import bench
-    record = bench(args.model, args.image_size, args.batch_size, in_chans=args.in_chans,
-                   bf16=args.bf16, channels_last=args.channels_last, repeats=args.repeats)
+    from .bench import bench, ceiling, train_peak_memory
+    if args.memory:
+        record = train_peak_memory(args.model, args.image_size or 192, args.batch_size,
+                                   args.grad_checkpointing)
+    else:
+        record = bench(args.model, args.image_size, args.batch_size, in_chans=args.in_chans,
+                       bf16=args.bf16, channels_last=args.channels_last, repeats=args.repeats,
+                       grad_checkpointing=args.grad_checkpointing, peer=args.peer,
+                       compile_model=args.compile)
+        if args.ceiling:
+            record.update(ceiling())
+            record["train_fraction_of_conv_ceiling"] = round(
+                record["train_gflops"] / record["conv3x3_gflops"], 3)
     print(json.dumps(record))
 
 
@@ -95,6 +126,30 @@ def cmd_spp(args):
          title=f"Signal propagation at initialisation, {args.depth}-layer ResNets, "
                f"N(0,1) input {args.batch_size}×3×{args.image_size}²")
     print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.png')}")
+
+
+def cmd_study_agc(args):
+    from dataclasses import replace
+    from pathlib import Path
+
+    from .studies import agc_study, default_base, plot_agc_study
+    base = replace(default_base(args.epochs), seed=args.seed, data_dir=args.data_dir)
+    out = Path(args.out)
+    rows = agc_study(base, args.batch_sizes, args.lrs, args.clip_factors, out.with_suffix(".csv"))
+    plot_agc_study(rows, out.with_suffix(".png"),
+                   f"{base.model} on Fashion-MNIST, {args.epochs} epochs per cell, seed "
+                   f"{args.seed}")
+    print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.png')}")
+
+
+def number_list(kind):
+    def parse(text):
+        try:
+            return [kind(v) for v in text.split(",")]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {kind.__name__}s, got "
+                                             f"{text!r}") from None
+    return parse
 
 
 def cmd_convert(args):
@@ -114,6 +169,9 @@ def build_parser():
     p = commands.add_parser("train", help="train a model (default: Fashion-MNIST preset)",
                             description="Train a model. Flags override the preset's values.")
     p.add_argument("--preset", default="fmnist", choices=list(PRESETS))
+    p.add_argument("--nproc", type=int, default=1,
+                   help="data-parallel processes on this machine (runs torchrun; the batch size "
+                        "stays the global batch)")
     add_config_flags(p)
     p.set_defaults(fn=cmd_train)
 
@@ -170,6 +228,16 @@ def build_parser():
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute stage activations in backward")
+    p.add_argument("--memory", action="store_true",
+                   help="instead: peak memory of two train steps in a fresh process (CPU)")
+    p.add_argument("--peer", choices=["timm"], default=None,
+                   help="also time timm's equivalent model, interleaved with ours")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile both (inference with inductor freezing)")
+    p.add_argument("--ceiling", action="store_true",
+                   help="also measure the machine's GEMM and 3×3 conv GFLOP/s")
     p.set_defaults(fn=cmd_bench)
 
     p = commands.add_parser("spp", help="signal-propagation plots of the ICLR paper's networks",
@@ -182,6 +250,19 @@ def build_parser():
     p.add_argument("--out", default="docs/figures/spp", help="path stem for .csv and .png")
     p.set_defaults(fn=cmd_spp)
 
+    p = commands.add_parser("study-agc", help="AGC stability grid: batch × learning rate × "
+                                              "clip factor on Fashion-MNIST (CSV and figure)")
+    p.add_argument("--batch-sizes", type=number_list(int), default=[128, 512, 2048])
+    p.add_argument("--lrs", type=number_list(float), default=[0.1, 0.4, 1.6],
+                   help="learning rates per 256 images (scaled linearly with the batch)")
+    p.add_argument("--clip-factors", type=number_list(float), default=[0.0, 0.01, 0.04, 0.16],
+                   help="AGC λ values; 0 trains without AGC")
+    p.add_argument("--epochs", type=int, default=2, help="training budget of each cell")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default="docs/figures/agc_study", help="path stem for .csv and .png")
+    p.set_defaults(fn=cmd_study_agc)
+
     p = commands.add_parser("convert", help="Haiku or timm NFNet weights → normfree .safetensors")
     p.add_argument("src", help="F0_haiku.npz … F6_haiku.npz, or timm dm_nfnet_* weights")
     p.add_argument("dst", help="output .safetensors (no pickle needed to load it)")
@@ -191,9 +272,11 @@ def build_parser():
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
-        args.fn(args)
+        code = args.fn(args)
     except (DataError, CheckpointError, FileExistsError, ValueError, TrainingDiverged,
             ImportError) as e:
         print(f"normfree {args.command}: error: {e}", file=sys.stderr)
@@ -204,7 +287,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ class TrainConfig:
     device: Optional[str] = None             # None: cuda if available, else cpu
     bf16: Optional[bool] = None              # bfloat16 autocast; None: where the hardware has it
     channels_last: bool = True
+    grad_checkpointing: bool = False         # recompute stage activations in backward
     compile: bool = False                    # torch.compile the training forward/backward
     threads: int = 0                         # 0: all cores
     workers: Optional[int] = None            # image-decoding processes for folder data;

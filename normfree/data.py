@@ -97,7 +97,24 @@ def holdout_split(images, labels, val_size, seed=0):
     return (images[train], labels[train]), (images[val], labels[val])
 
 
-class TensorBatches:
+class Sharded:
+    """A global batch order split over data-parallel processes: each global batch of
+    `batch_size` gives process `rank` its own consecutive `batch_size / world_size` part."""
+
+    rank, world_size = 0, 1
+
+    def shard(self, rank, world_size):
+        if self.batch_size % world_size:
+            raise ValueError(f"--batch-size {self.batch_size} (the global batch) must divide "
+                             f"evenly over {world_size} processes")
+        self.rank, self.world_size = rank, world_size
+
+    def part(self, index):
+        per = len(index) // self.world_size
+        return index[self.rank * per:(self.rank + 1) * per]
+
+
+class TensorBatches(Sharded):
     """Batches of an in-memory uint8 dataset; `transform` (torchvision v2) runs per image."""
 
     def __init__(self, images, labels, batch_size, shuffle=False, transform=None,
@@ -120,7 +137,7 @@ class TensorBatches:
         n = len(self.labels)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         for i in range(start, len(self)):
-            index = order[i * self.batch_size:(i + 1) * self.batch_size]
+            index = self.part(order[i * self.batch_size:(i + 1) * self.batch_size])
             images = self.images[index]
             if self.transform is not None:
                 images = torch.stack([self.transform(image) for image in images])

@@ -7,7 +7,8 @@ import torch
 from .checkpoint import load_checkpoint
 from .config import from_dict
 from .data import Normalize, make_data
-from .train import evaluate, model_for
+from .runs import model_for
+from .train import evaluate
 
 
 def evaluate_checkpoint(path, data_dir=None, split="test", device=None):

@@ -16,7 +16,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
-from .data import IMAGENET_MEAN, IMAGENET_STD, Data, DataError
+from .data import IMAGENET_MEAN, IMAGENET_STD, Data, DataError, Sharded
 
 BAD_IMAGE_POLICIES = ("skip", "stop")
 
@@ -71,7 +71,7 @@ def collate_readable(items):
     return torch.stack(images), torch.tensor(labels), bad
 
 
-class FolderBatches:
+class FolderBatches(Sharded):
     """Batches of (images, labels) from `ImageFiles`, with the `bad_images` policy applied.
 
     The shuffled order comes from `generator` (as for in-memory data), so a pass can restart
@@ -83,16 +83,23 @@ class FolderBatches:
         if bad_images not in BAD_IMAGE_POLICIES:
             raise ValueError(f"bad_images must be one of {BAD_IMAGE_POLICIES}, got "
                              f"{bad_images!r}")
-        workers = min(4, os.cpu_count() or 1) if workers is None else workers
-        self.size, self.batch_size = len(dataset), batch_size
+        self.workers = min(4, os.cpu_count() or 1) if workers is None else workers
+        self.dataset, self.size, self.batch_size = dataset, len(dataset), batch_size
         self.shuffle, self.drop_last = shuffle, drop_last
         self.generator = torch.Generator().manual_seed(seed)
-        self.indices = []  # the sampler: this pass's order from its start batch
-        self.loader = DataLoader(dataset, batch_size, sampler=self.indices, drop_last=drop_last,
-                                 num_workers=workers, persistent_workers=workers > 0,
-                                 collate_fn=collate_readable)
+        self.indices = []  # the sampler: this pass's order (this process's part) from `start`
+        self.loader = self._loader()
         self.bad_images = bad_images
         self.skipped = []
+
+    def _loader(self):
+        return DataLoader(self.dataset, self.batch_size // self.world_size, sampler=self.indices,
+                          drop_last=self.drop_last, num_workers=self.workers,
+                          persistent_workers=self.workers > 0, collate_fn=collate_readable)
+
+    def shard(self, rank, world_size):
+        super().shard(rank, world_size)
+        self.loader = self._loader()
 
     def __len__(self):
         full, rest = divmod(self.size, self.batch_size)
@@ -104,7 +111,9 @@ class FolderBatches:
     def iterate(self, start=0):
         order = (torch.randperm(self.size, generator=self.generator) if self.shuffle
                  else torch.arange(self.size))
-        self.indices[:] = order[start * self.batch_size:].tolist()
+        self.indices[:] = [j for i in range(start, len(self)) for j in
+                           self.part(order[i * self.batch_size:(i + 1) * self.batch_size])
+                           .tolist()]
         self.skipped = []
         for images, labels, bad in self.loader:
             if bad and self.bad_images == "stop":

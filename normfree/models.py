@@ -16,6 +16,7 @@ from typing import NamedTuple, Optional
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .layers import (ACTIVATIONS, Activation, AvgPoolSame, MaxPoolSame, SameConv2d,
                      ScaledActivation, SqueezeExcite, StochasticDepth, WSConv2d)
@@ -258,8 +259,20 @@ def check_input(x, cfg):
 class ImageClassifier(nn.Module):
     """`forward` = head(forward_features(x)), where the head is pool, dropout and `head.fc`."""
 
+    grad_checkpointing = False
+
     def forward(self, x):
         return self.head(self.forward_features(x))
+
+    def set_grad_checkpointing(self, enable=True):
+        """Recompute each stage's activations in backward instead of storing them (timm's name):
+        less memory for the large variants, about one more forward pass of time."""
+        self.grad_checkpointing = enable
+
+    def run_stage(self, stage, x):
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(stage, x, use_reentrant=False)  # replays the dropout RNG
+        return stage(x)
 
     def reset_classifier(self, num_classes):
         self.num_classes = num_classes
@@ -273,7 +286,7 @@ class ImageClassifier(nn.Module):
         x = self.stem(x)
         maps = []
         for stage in self.stages:
-            x = stage(x)
+            x = self.run_stage(stage, x)
             maps.append(x)
         return maps
 
@@ -321,8 +334,7 @@ class NFNet(ImageClassifier):
 
     def forward_features(self, x):
         """Activated final feature map, (N, num_features, H/stride, W/stride)."""
-        check_input(x, self.cfg)
-        x = self.stages(self.stem(x))
+        x = self.forward_stages(x)[-1]
         if self.final_conv is not None:
             x = self.final_conv(x)
         return self.act(x)

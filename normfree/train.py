@@ -8,30 +8,35 @@ of the two is reported on the test set.
 
 import copy
 import math
-import shutil
 import signal
 import threading
 import time
-import warnings
-from dataclasses import replace
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torchvision.transforms import v2
 from tqdm import tqdm
 
+from . import distributed
 from .agc import clip_param_groups_, param_groups
 from .checkpoint import (CheckpointError, export_weights, load_checkpoint, save_checkpoint,
                          save_json)
-from .config import TrainConfig, from_dict, to_dict
+from .config import TrainConfig, to_dict
 from .data import Normalize, make_data
 from .report import MetricsLog, machine_info, plot_curves
-from .zoo import create_model
+from .runs import (compiled, freeze, initialise_from, model_for, prepare_out_dir,
+                   preprocessing_of, resolve_config, resumable_config)
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite at optimisation step `.step` (counting from 1)."""
+
+    def __init__(self, message, step=None):
+        super().__init__(message)
+        self.step = step
 
 
 class TrainingStopped(RuntimeError):
@@ -92,8 +97,9 @@ def batch_mixer(cfg, num_classes):
     return mix
 
 
-def train_step(model, optimizer, images, labels, cfg, mix=None):
-    """One optimisation step; returns (loss, fraction of units AGC clipped, logits).
+def train_step(model, optimizer, images, labels, cfg, mix=None, step=None):
+    """One optimisation step (number `step`, for messages); returns (loss, fraction of units
+    AGC clipped, logits).
 
     `model` may be the `torch.compile`d module; the optimizer holds the parameters either way.
     """
@@ -104,8 +110,9 @@ def train_step(model, optimizer, images, labels, cfg, mix=None):
         logits = model(images)
     loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
     if not torch.isfinite(loss):
-        raise TrainingDiverged(f"loss is {loss.item()}: training diverged. Try a lower --lr or "
-                               "a smaller --clip-factor; the last good checkpoint is kept.")
+        raise TrainingDiverged(f"loss is {loss.item()} at step {step}: training diverged. Try "
+                               "a lower --lr or a smaller --clip-factor; the last good "
+                               "checkpoint is kept.", step)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     clipped = clip_param_groups_(optimizer, cfg.agc_eps) if cfg.clip_factor else None
@@ -139,92 +146,6 @@ def evaluate(model, batches, normalize, cfg, device):
             "loss": loss / count}
 
 
-def bf16_available(device):
-    """bf16 autocast pays off on CUDA GPUs that have it and on CPUs with AVX512-BF16 or AMX."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def model_for(cfg, data):
-    """The run's model: `cfg.model` sized for the data, with the config's regularisation."""
-    overrides = {k: getattr(cfg, k) for k in ("dropout", "stochastic_depth")
-                 if getattr(cfg, k) is not None}
-    return create_model(cfg.model, len(data.classes), numerics=cfg.numerics or "deepmind",
-                        in_chans=data.in_chans, **overrides)
-
-
-def resolve_config(cfg, device, saved=None):
-    """Fill the automatic (None) fields, so the saved config replays the run exactly; when
-    resuming, as the `saved` config resolved them.
-
-    Returns the config and, with `init_from` on a fresh run, the loaded source model.
-    """
-    from .pretrained import load_pretrained
-    from .zoo import get_config
-    source = None
-    if saved is not None:
-        cfg = replace(cfg, **{k: saved[k] for k in ("model", "numerics", "image_size")
-                              if getattr(cfg, k) is None and k in saved})
-    if cfg.bf16 is None:
-        cfg = replace(cfg, bf16=bf16_available(device))
-    if cfg.init_from and not cfg.resume:
-        source = load_pretrained(cfg.init_from, cfg.model, device)
-        cfg = replace(cfg, model=source.name, numerics=cfg.numerics or source.numerics)
-    if cfg.model is None:
-        raise ValueError("--model: none given and no --init-from weights to take it from")
-    if cfg.image_size is None:
-        cfg = replace(cfg, image_size=get_config(cfg.model).train_size)
-    return cfg, source
-
-
-def initialise_from(model, source, classes):
-    """Copy `source`'s weights into `model`; keep its classifier only for the same classes."""
-    state = source.model.state_dict()
-    if tuple(source.classes) != tuple(classes):
-        state = {k: v for k, v in state.items() if not k.startswith("head.fc.")}
-    mine = model.state_dict()
-    misfit = [k for k in mine if k in state and state[k].shape != mine[k].shape]
-    if misfit or set(state) - set(mine):
-        raise CheckpointError(f"--init-from {source.name} weights do not fit the run's model "
-                              f"(mis-shaped: {misfit[:4]}; is --in-chans or --model different?)")
-    model.load_state_dict(state, strict=False)
-
-
-def freeze(model, names):
-    """`requires_grad_(False)` on the comma-separated modules `names` (e.g. "stem,stages.0")."""
-    for name in filter(None, (n.strip() for n in (names or "").split(","))):
-        try:
-            module = model.get_submodule(name)
-        except AttributeError:
-            top = [n for n, _ in model.named_children()]
-            raise ValueError(f"--freeze: the model has no module {name!r}; its top-level "
-                             f"modules are {top} (stages are stages.0, stages.1, ...)") from None
-        module.requires_grad_(False)
-
-
-def compiled(model, cfg, device):
-    """`torch.compile(model)` when `cfg.compile` asks and the backend can run here."""
-    if not cfg.compile:
-        return model
-    if device.type == "cpu" and not (shutil.which("c++") or shutil.which("g++")):
-        warnings.warn("--compile: no C++ compiler on PATH (inductor needs one on CPU); "
-                      "training without torch.compile", stacklevel=2)
-        return model
-    return torch.compile(model)
-
-
-def preprocessing_of(cfg, data):
-    """How `predict`/`eval --weights` must prepare images for this run's model."""
-    from .pretrained import reference_preprocessing
-    pre = reference_preprocessing(data.image_size, data.in_chans, data.mean, data.std)
-    if cfg.dataset != "folder":  # in-memory datasets are already at their size
-        pre.update(resize=data.image_size, interpolation="bilinear")
-    return pre
 
 
 class EpochTally:
@@ -247,6 +168,14 @@ class EpochTally:
 
     def state(self):
         return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def summed(self, procs, device):
+        """The tally over all processes: images and losses add up; the AGC fraction and the
+        time are this process's (every process clips the same all-reduced gradient)."""
+        seen, correct, loss_sum = distributed.sum_across(
+            procs, [self.seen, self.correct, self.loss_sum], device)
+        return EpochTally(self.batches, int(seen), int(correct), loss_sum, self.clipped_sum,
+                          self.seconds)
 
     def summary(self):
         return {"train_loss": self.loss_sum / self.seen,
@@ -280,6 +209,13 @@ class StopOnSignal:
                 self.previous[number] = signal.signal(number, self._handle)
         return self
 
+    def requested(self, procs, device):
+        """The signal's name once any process got one (a collective under DDP), else None."""
+        if not procs.distributed:
+            return self.signal
+        got = distributed.sum_across(procs, [0.0 if self.signal is None else 1.0], device)[0]
+        return (self.signal or "a signal to another process") if got else None
+
     def _handle(self, number, frame):
         if self.signal is not None and number == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: stop now
@@ -303,37 +239,49 @@ def _memory_format(cfg):
     return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
-def _prepare_out_dir(cfg):
-    out = Path(cfg.out_dir or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    checkpoint = out / "checkpoint.pt"
-    if out.exists() and any(out.iterdir()) and not cfg.resume:
-        raise FileExistsError(f"output directory {out} already exists: pass --resume to "
-                              "continue that run, or choose another --out-dir")
-    if cfg.resume and not checkpoint.is_file():
-        raise CheckpointError(f"--resume: no checkpoint at {checkpoint}")
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
 
 def train(cfg: TrainConfig):
-    """Train, select raw vs EMA weights on the validation split, report on the test set."""
+    """Train, select raw vs EMA weights on the validation split, report on the test set.
+
+    Under torchrun each process trains its part of every global batch (`distributed.py`);
+    rank 0 returns the results, the other ranks None.
+    """
+    procs, device = distributed.start(cfg.device)
+    try:
+        result = _train(cfg, procs, device)
+    except TrainingStopped:  # every process stopped at the same step: leave together
+        distributed.stop(procs)
+        raise
+    # other errors leave without a barrier (peers may be waiting in a collective); torchrun
+    # then stops the other processes
+    distributed.stop(procs)
+    return result
+
+
+def _train(cfg, procs, device):
     started = time.time()
-    out = _prepare_out_dir(cfg)
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    say = print if procs.main else (lambda *args, **kwargs: None)
+    out = Path(distributed.gather(procs, str(prepare_out_dir(cfg)) if procs.main else None)[0])
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    state = load_checkpoint(out / "checkpoint.pt", map_location=device) if cfg.resume else None
+    resuming = cfg.resume and (out / "checkpoint.pt").is_file()
+    state = load_checkpoint(out / "checkpoint.pt", map_location=device) if resuming else None
     cfg, source = resolve_config(cfg, device, state and state["config"])
     data = make_data(cfg)
+    data.train.shard(procs.rank, procs.world_size)
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed and nothing else
     model = model_for(cfg, data)
     if source is not None:
         initialise_from(model, source, data.classes)
     freeze(model, cfg.freeze)
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
+    if procs.distributed and device.type == "cuda":  # SyncBatchNorm runs on GPUs only
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=_memory_format(cfg))
     normalize = Normalize(data.mean, data.std).to(device)
     optimizer = build_optimizer(cfg, model)
-    forward = compiled(model, cfg, device)
+    # DDP averages the gradients during backward, so AGC clips the global-batch gradient
+    forward = compiled(DistributedDataParallel(model) if procs.distributed else model, cfg, device)
     ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
     mix = batch_mixer(cfg, len(data.classes))
     steps_per_epoch = len(data.train)
@@ -341,7 +289,7 @@ def train(cfg: TrainConfig):
     warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
     step, start_epoch, selected = 0, 0, None
     if state is not None:
-        if _resumable(cfg, state["config"]) != cfg:
+        if resumable_config(cfg, state["config"]) != cfg:
             raise CheckpointError(f"{out / 'checkpoint.pt'} was written with another config; "
                                   "resume with the same flags")
         model.load_state_dict(state["model"])
@@ -349,32 +297,42 @@ def train(cfg: TrainConfig):
         if ema is not None:
             ema.module.load_state_dict(state["ema"])
         step, start_epoch, selected = state["step"], state["epoch"], state["selected"]
-    print(f"normfree train: {cfg}\n  {sum(p.numel() for p in model.parameters()):,} params, "
-          f"{steps_per_epoch} steps/epoch, output in {out}", flush=True)
-    save_json(out / "config.json", to_dict(cfg))
-    log = MetricsLog(out, cfg.tensorboard, keep_epochs=start_epoch)
+    say(f"normfree train: {cfg}\n  {sum(p.numel() for p in model.parameters()):,} params, "
+        f"{steps_per_epoch} steps/epoch" + (f" over {procs.world_size} processes"
+                                             if procs.distributed else "")
+        + f", output in {out}", flush=True)
+    log = None
+    if procs.main:
+        save_json(out / "config.json", to_dict(cfg))
+        log = MetricsLog(out, cfg.tensorboard, keep_epochs=start_epoch)
 
     def checkpoint(epoch, tally=None):  # `tally`: the unfinished epoch's, to resume inside it
-        save_checkpoint(out / "checkpoint.pt", {
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "ema": ema.module.state_dict() if ema else None, "step": step, "epoch": epoch,
-            "tally": tally and tally.state(), "rng": rng_states() if tally else None,
-            "selected": selected, "config": to_dict(cfg), "model_name": cfg.model,
-            "classes": list(data.classes)})
+        rng = distributed.gather(procs, rng_states()) if tally else None  # every rank's
+        tally = tally and tally.summed(procs, device)
+        if procs.main:
+            save_checkpoint(out / "checkpoint.pt", {
+                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "ema": ema.module.state_dict() if ema else None, "step": step, "epoch": epoch,
+                "tally": tally and tally.state(), "rng": rng, "selected": selected,
+                "config": to_dict(cfg), "model_name": cfg.model, "classes": list(data.classes)})
 
     with StopOnSignal() as stop:
         for epoch in range(start_epoch, cfg.epochs):
-            torch.manual_seed(cfg.seed * 100003 + epoch)  # per-epoch seeds make resume exact
+            # per-epoch seeds make resume exact; the data order is global, the rest per rank
+            torch.manual_seed(cfg.seed * 100003 + epoch + 1000003 * procs.rank)
             data.train.generator.manual_seed(cfg.seed * 100003 + epoch)
             tally = EpochTally()
             if epoch == start_epoch and state is not None and state.get("tally"):
-                tally = EpochTally(**state["tally"])  # resuming inside this epoch
-                set_rng_states(state["rng"])
+                saved = state["tally"]  # resuming inside this epoch; sums of all processes
+                tally = EpochTally(**saved) if procs.main else EpochTally(saved["batches"])
+                if len(state["rng"]) == procs.world_size:  # else: not bit-exact, same order
+                    set_rng_states(state["rng"][procs.rank])
             model.train()
             lr = lr_at(step, cfg.lr, warmup_steps, total_steps)
             bar = tqdm(data.train.iterate(tally.batches), total=steps_per_epoch,
                        initial=tally.batches, desc=f"epoch {epoch + 1}/{cfg.epochs}",
-                       leave=False, disable=None if cfg.progress else True, dynamic_ncols=True)
+                       leave=False, disable=None if cfg.progress and procs.main else True,
+                       dynamic_ncols=True)
             for images, labels in bar:
                 lr = lr_at(step, cfg.lr, warmup_steps, total_steps)
                 for group in optimizer.param_groups:
@@ -382,35 +340,41 @@ def train(cfg: TrainConfig):
                 images = normalize(images.to(device, non_blocking=True))
                 images = images.contiguous(memory_format=_memory_format(cfg))
                 labels = labels.to(device, non_blocking=True)
-                loss, clipped, logits = train_step(forward, optimizer, images, labels, cfg, mix)
+                loss, clipped, logits = train_step(forward, optimizer, images, labels, cfg, mix,
+                                                  step + 1)
                 step += 1
                 if ema is not None:
                     ema.update(model, step)
                 tally.add(loss, logits, labels, clipped)
                 bar.set_postfix(loss=f"{tally.loss_sum / tally.seen:.3f}", lr=f"{lr:.3g}")
-                if stop.signal or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0
-                                   and tally.batches < steps_per_epoch):
+                stopping = stop.requested(procs, device)  # all ranks agree on the step
+                if stopping or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+                                and tally.batches < steps_per_epoch):
                     checkpoint(epoch, tally)
-                if stop.signal:
-                    raise TrainingStopped(f"stopped by {stop.signal} at step {step}; the "
+                if stopping:
+                    raise TrainingStopped(f"stopped by {stopping} at step {step}; the "
                                           f"checkpoint in {out} is saved: continue with "
-                                          "--resume", stop.signal)
-            val = evaluate(model, data.val, normalize, cfg, device) if data.val else None
-            val_ema = evaluate(ema.module, data.val, normalize, cfg, device) \
-                if data.val and ema else None
-            row = {"epoch": epoch + 1, "step": step, **tally.summary(), "lr": lr,
-                   "val_loss": val and val["loss"], "val_acc": val and val["top1"],
-                   "val_acc_ema": val_ema and val_ema["top1"]}
-            print(f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
-                  f"train {row['train_acc']:.2f}%"
-                  + (f"  val {val['top1']:.2f}%" if val else "")
-                  + (f"  val(EMA) {val_ema['top1']:.2f}%" if val_ema else "")
-                  + f"  {row['img_per_s']:.0f} img/s  lr {lr:.4f}  "
-                  f"AGC clipped {100 * row['agc_clipped']:.1f}% of units  "
-                  f"({row['epoch_seconds']:.0f}s)", flush=True)
-            selected = select_weights(val, val_ema, ema is not None)
-            checkpoint(epoch + 1)
-            log.append(row)  # after the checkpoint: a resumed run rewrites rows it redoes
+                                          "--resume", stopping)
+            tally = tally.summed(procs, device)
+            if procs.main:
+                val = evaluate(model, data.val, normalize, cfg, device) if data.val else None
+                val_ema = evaluate(ema.module, data.val, normalize, cfg, device) \
+                    if data.val and ema else None
+                row = {"epoch": epoch + 1, "step": step, **tally.summary(), "lr": lr,
+                       "val_loss": val and val["loss"], "val_acc": val and val["top1"],
+                       "val_acc_ema": val_ema and val_ema["top1"]}
+                say(f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
+                    f"train {row['train_acc']:.2f}%"
+                    + (f"  val {val['top1']:.2f}%" if val else "")
+                    + (f"  val(EMA) {val_ema['top1']:.2f}%" if val_ema else "")
+                    + f"  {row['img_per_s']:.0f} img/s  lr {lr:.4f}  "
+                    f"AGC clipped {100 * row['agc_clipped']:.1f}% of units  "
+                    f"({row['epoch_seconds']:.0f}s)", flush=True)
+                selected = select_weights(val, val_ema, ema is not None)
+                checkpoint(epoch + 1)
+                log.append(row)  # after the checkpoint: a resumed run rewrites rows it redoes
+    if not procs.main:
+        return None
     log.close()
     chosen = ema.module if ema is not None and selected and selected[0] == "ema" else model
     test = evaluate(chosen, data.test, normalize, cfg, device)
@@ -430,10 +394,3 @@ def train(cfg: TrainConfig):
           f"artefacts: {out}/ (results.json, metrics.csv, curves.png, checkpoint.pt, "
           "model.safetensors)", flush=True)
     return results
-
-
-def _resumable(cfg, saved):
-    """The saved config with this run's execution-only fields, for comparing on resume."""
-    keep = {"resume", "progress", "tensorboard", "threads", "workers", "out_dir", "device",
-            "bf16", "compile"}
-    return from_dict({**saved, **{k: getattr(cfg, k) for k in keep}})

@@ -83,17 +83,19 @@ def test_killed_mid_epoch_then_resumed_is_bit_exact(number, uninterrupted, tmp_p
     assert epochs == ["epoch", "1", "2", "3"]  # no row lost or repeated by the interruption
 
 
-def test_failing_disk_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+@pytest.mark.parametrize("error", [errno.ENOSPC, errno.EROFS])  # full disk, read-only mount
+def test_failing_disk_keeps_the_last_good_checkpoint(error, tmp_path, monkeypatch):
+    """(Root ignores file permissions, so the failure is injected where the OS reports it.)"""
     cfg = preset("debug", out_dir=str(tmp_path / "run"), progress=False, epochs=2)
     real_fsync, calls = os.fsync, []
 
-    def fsync_fills_the_disk(fd):
+    def failing_fsync(fd):
         calls.append(fd)
         if len(calls) > 2:  # the first checkpoint (and config.json) got written
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(error, os.strerror(error))
         real_fsync(fd)
-    monkeypatch.setattr(os, "fsync", fsync_fills_the_disk)
-    with pytest.raises(CheckpointError, match=r"checkpoint.pt.*No space left.*previous"):
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(CheckpointError, match=rf"checkpoint.pt.*{os.strerror(error)}.*previous"):
         train(cfg)
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
     assert [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")] == []
