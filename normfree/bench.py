@@ -37,22 +37,25 @@ def time_calls(*fns, warmup=3, repeats=10):
     return [(statistics.median(t), min(t), max(t)) for t in times]
 
 
-def make_train_step(model, images, labels, clip_factor=0.01, bf16=False, forward=None):
-    """A Nesterov-SGD train step with normfree's AGC; `forward` (e.g. compiled) defaults to
-    the model."""
-    optimizer = torch.optim.SGD(param_groups(model, 1e-5, clip_factor), lr=1e-3, momentum=0.9,
-                                nesterov=True)
-    forward = forward or model
-
+def _step(forward, optimizer, images, labels, bf16, clip):
     def step():
         with torch.autocast(images.device.type, torch.bfloat16, enabled=bf16):
             loss = F.cross_entropy(forward(images).float(), labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if clip_factor:
-            clip_param_groups_(optimizer)
+        if clip is not None:
+            clip()
         optimizer.step()
-    return step, optimizer
+    return step
+
+
+def make_train_step(model, images, labels, clip_factor=0.01, bf16=False, forward=None):
+    """A Nesterov-SGD train step with normfree's AGC, and its optimizer; `forward` (e.g.
+    compiled) defaults to the model."""
+    optimizer = torch.optim.SGD(param_groups(model, 1e-5, clip_factor), lr=1e-3, momentum=0.9,
+                                nesterov=True)
+    clip = (lambda: clip_param_groups_(optimizer)) if clip_factor else None
+    return _step(forward or model, optimizer, images, labels, bf16, clip), optimizer
 
 
 def make_timm_train_step(model, images, labels, clip_factor=0.01, bf16=False, forward=None):
@@ -61,17 +64,8 @@ def make_timm_train_step(model, images, labels, clip_factor=0.01, bf16=False, fo
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True,
                                 weight_decay=1e-5)
     clipped = list(model.parameters())[:-2]  # timm's positional exclusion of the classifier
-    forward = forward or model
-
-    def step():
-        with torch.autocast(images.device.type, torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(forward(images).float(), labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip_factor:
-            adaptive_clip_grad(clipped, clip_factor)
-        optimizer.step()
-    return step
+    clip = (lambda: adaptive_clip_grad(clipped, clip_factor)) if clip_factor else None
+    return _step(forward or model, optimizer, images, labels, bf16, clip)
 
 
 def make_infer(model, images, bf16, compile_model=False):

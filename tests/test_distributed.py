@@ -5,13 +5,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from normfree.checkpoint import CheckpointError, load_checkpoint
+from normfree.checkpoint import load_checkpoint
 from normfree.report import read_metrics
+
+from helpers import wait_for_checkpoint
 
 # nfnet_tiny on synthetic data, 12 steps an epoch of the global batch 32; no augmentation and
 # no stochastic regularisation, so the two ways of computing a step differ only in rounding
@@ -55,15 +56,7 @@ def test_stopped_two_process_run_resumes_in_one_process(tmp_path):
     out = tmp_path / "run"
     process = subprocess.Popen(train_command(out, 2, *longer, "--checkpoint-every", "1"),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while True:
-        try:
-            if load_checkpoint(out / "checkpoint.pt")["step"] >= 8:
-                break
-        except CheckpointError:
-            pass
-        assert process.poll() is None and time.time() < deadline
-        time.sleep(0.01)
+    wait_for_checkpoint(process, out / "checkpoint.pt", 8)
     process.send_signal(signal.SIGTERM)  # torchrun passes it on to the training processes
     process.communicate(timeout=120)
     stopped = load_checkpoint(out / "checkpoint.pt")
@@ -101,15 +94,7 @@ def test_torchrun_restarts_a_killed_process_and_the_run_resumes(runs, tmp_path):
                "--resume"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
-    deadline = time.time() + 300
-    while True:
-        try:
-            if load_checkpoint(out / "checkpoint.pt")["step"] >= 6:
-                break
-        except CheckpointError:
-            pass
-        assert process.poll() is None and time.time() < deadline
-        time.sleep(0.01)
+    wait_for_checkpoint(process, out / "checkpoint.pt", 6)
     workers = children(process.pid)
     assert len(workers) == 2
     os.kill(workers[1], signal.SIGKILL)

@@ -7,7 +7,6 @@ import random
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
@@ -15,6 +14,8 @@ import torch
 from normfree.checkpoint import CheckpointError, load_checkpoint
 from normfree.config import preset
 from normfree.train import train
+
+from helpers import wait_for_checkpoint
 
 # 3 epochs × 36 steps of nfnet_tiny on synthetic data; a checkpoint after every step
 FLAGS = ["--preset", "debug", "--epochs", "3", "--synthetic-size", "1280", "--no-progress"]
@@ -24,23 +25,11 @@ def run_args(out, *extra):
     return [sys.executable, "-m", "normfree", "train", *FLAGS, "--out-dir", str(out), *extra]
 
 
-def checkpoint_step(path):
-    try:
-        return load_checkpoint(path)["step"]
-    except CheckpointError:
-        return -1  # not written yet
-
-
 def start_and_signal(out, number, at_step):
     """Run training in a subprocess; send `number` once a checkpoint of `at_step` exists."""
     process = subprocess.Popen(run_args(out, "--checkpoint-every", "1"),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while checkpoint_step(out / "checkpoint.pt") < at_step:
-        assert process.poll() is None, "training ended before the signal: " + \
-            process.stderr.read()[-2000:]
-        assert time.time() < deadline
-        time.sleep(0.005)
+    wait_for_checkpoint(process, out / "checkpoint.pt", at_step)
     process.send_signal(number)
     stdout, stderr = process.communicate(timeout=120)
     return process.returncode, stdout, stderr

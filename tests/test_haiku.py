@@ -50,10 +50,10 @@ def to_haiku(model, mapping=dict):
     return {k: mapping(v) for k, v in params.items()}
 
 
-@pytest.fixture(scope="module")
-def f0():
-    torch.manual_seed(0)
-    model = create_model("nfnet_f0").eval()
+def randomised(name, seed):
+    """A variant with random non-trivial skip gains, gains and biases (not their init values)."""
+    torch.manual_seed(seed)
+    model = create_model(name).eval()
     with torch.no_grad():
         for key, p in model.named_parameters():
             if key.endswith("skip_gain"):
@@ -61,6 +61,11 @@ def f0():
             elif key.endswith(("gain", "bias")):
                 p.uniform_(0.5, 1.5) if key.endswith("gain") else p.normal_(0, 0.1)
     return model
+
+
+@pytest.fixture(scope="module")
+def f0():
+    return randomised("nfnet_f0", 0)
 
 
 @pytest.fixture
@@ -257,12 +262,7 @@ def test_convert_haiku_to_safetensors(f0, tmp_path):
 def test_deeper_variant_is_inferred_from_a_haiku_file(tmp_path, fake_haiku):
     """F1 (24 blocks, 178 modules): `load_pretrained` finds the variant from the file alone."""
     from normfree.pretrained import load_pretrained
-    torch.manual_seed(1)
-    f1 = create_model("nfnet_f1").eval()
-    with torch.no_grad():
-        for key, p in f1.named_parameters():
-            if key.endswith("skip_gain"):
-                p.uniform_(0.2, 1.0)
+    f1 = randomised("nfnet_f1", 1)
     modules = to_haiku(f1, fake_haiku)
     assert len(modules) == 4 + 7 * 24 + 4 + 2
     path = tmp_path / "F1_haiku.npz"
