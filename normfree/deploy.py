@@ -5,6 +5,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from .checkpoint import atomic_write
 from .layers import SameConv2d, WSConv2d
@@ -28,9 +29,10 @@ def fold_ws(model):
                 conv = SameConv2d(child.in_channels, child.out_channels, child.kernel_size,
                                   stride=child.stride, dilation=child.dilation,
                                   groups=child.groups, bias=True)
-                conv = conv.to(child.weight.device, child.weight.dtype)
-                conv.weight.copy_(child.standardized_weight())
-                conv.bias.copy_(child.bias)
+                # Ŵ keeps W's memory format (channels_last stays channels_last)
+                conv.weight = nn.Parameter(child.standardized_weight().detach().clone(
+                    memory_format=torch.preserve_format), requires_grad=False)
+                conv.bias = nn.Parameter(child.bias.detach().clone(), requires_grad=False)
                 setattr(parent, name, conv)
     for block in model.modules():
         if isinstance(block, NFBlock) and block.se is None:

@@ -39,7 +39,14 @@ def start(device_name=None):
     if procs.distributed and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        from torch.distributed.rendezvous import rendezvous
+        store, _, _ = next(rendezvous("env://"))
+        # torchrun's agent keeps its store across restarts: without a per-attempt prefix the
+        # restarted processes read their predecessors' addresses and cannot connect
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                store=dist.PrefixStore(f"normfree/attempt_{attempt}", store),
+                                rank=procs.rank, world_size=procs.world_size)
     return procs, device
 
 

@@ -83,7 +83,6 @@ def children(pid):
     return [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
 
 
-@pytest.mark.slow  # gloo's reconnect after a restart races under CPU contention: see results
 def test_torchrun_restarts_a_killed_process_and_the_run_resumes(runs, tmp_path):
     """`torchrun --max-restarts 1`: a worker SIGKILLed mid-run is restarted with its peer; with
     `--resume` in the command they continue from the last checkpoint, bit-exact."""
