@@ -141,7 +141,7 @@ def bench(model_name="nfnet_s0", image_size=None, batch_size=16, num_classes=10,
               "infer_folded_img_s": rate(infer_times[1]),
               "agc_fraction_of_step": agc_times[0][0] / train_times[0][0],
               "train_gflops": round(3 * 2 * macs * batch_size / train_times[0][0] / 1e9, 1),
-              "infer_gflops": round(2 * macs * batch_size / infer_times[1][0] / 1e9, 1)}
+              "infer_gflops": round(2 * macs * batch_size / infer_times[0][0] / 1e9, 1)}
     if peer:
         record.update({
             "peer": TIMM_PEERS[model_name], "peer_train_img_s": rate(train_times[1]),
