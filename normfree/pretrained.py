@@ -14,6 +14,7 @@ from .convert import convert_state_dict, detect_format, infer_variant, load_weig
 from .data import IMAGENET_MEAN, IMAGENET_STD, DataError, Normalize
 from .folders import (FolderBatches, ImageFiles, flat_samples, folder_samples, image_transform,
                       open_image)
+from .train import top1_top5_hits
 from .zoo import create_model
 
 IMAGENET_CLASSES = tuple(
@@ -123,9 +124,8 @@ def evaluate_folder(pretrained, data_dir, labels_file=None, image_size=None, bat
     for images, labels in tqdm(batches, desc="eval", disable=None if progress else True):
         logits = model(normalize(images.to(device)))
         labels = labels.to(device)
-        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        correct1 += (top5[:, 0] == labels).sum().item()
-        correct5 += (top5 == labels[:, None]).any(dim=1).sum().item()
+        hits1, hits5 = top1_top5_hits(logits, labels)
+        correct1, correct5 = correct1 + hits1, correct5 + hits5
         count += len(labels)
     if not count:
         raise DataError(f"{data_dir}: no readable images")

@@ -120,6 +120,13 @@ def train_step(model, optimizer, images, labels, cfg, mix=None, step=None):
     return loss.detach(), clipped, logits.detach()
 
 
+def top1_top5_hits(logits, labels):
+    """How many labels are the top prediction, and how many are among the top 5."""
+    top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    return ((top5[:, 0] == labels).sum().item(),
+            (top5 == labels[:, None]).any(dim=1).sum().item())
+
+
 @torch.no_grad()
 def evaluate(model, batches, normalize, cfg, device):
     """Top-1 and top-5 accuracy (%) and mean cross-entropy over `batches`.
@@ -137,9 +144,8 @@ def evaluate(model, batches, normalize, cfg, device):
             if cfg.tta_flip:
                 logits = (logits + model(images.flip(3)).float()) / 2
         loss += F.cross_entropy(logits, labels, reduction="sum").item()
-        top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        correct1 += (top5[:, 0] == labels).sum().item()
-        correct5 += (top5 == labels[:, None]).any(dim=1).sum().item()
+        hits1, hits5 = top1_top5_hits(logits, labels)
+        correct1, correct5 = correct1 + hits1, correct5 + hits5
         count += len(labels)
     model.train(was_training)
     return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count,
