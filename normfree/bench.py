@@ -55,7 +55,7 @@ def make_train_step(model, images, labels, clip_factor=0.01, bf16=False, forward
     optimizer = torch.optim.SGD(param_groups(model, 1e-5, clip_factor), lr=1e-3, momentum=0.9,
                                 nesterov=True)
     clip = (lambda: clip_param_groups_(optimizer)) if clip_factor else None
-    return _step(forward or model, optimizer, images, labels, bf16, clip), optimizer
+    return _step(model if forward is None else forward, optimizer, images, labels, bf16, clip), optimizer
 
 
 def make_timm_train_step(model, images, labels, clip_factor=0.01, bf16=False, forward=None):
@@ -65,7 +65,7 @@ def make_timm_train_step(model, images, labels, clip_factor=0.01, bf16=False, fo
                                 weight_decay=1e-5)
     clipped = list(model.parameters())[:-2]  # timm's positional exclusion of the classifier
     clip = (lambda: adaptive_clip_grad(clipped, clip_factor)) if clip_factor else None
-    return _step(forward or model, optimizer, images, labels, bf16, clip)
+    return _step(model if forward is None else forward, optimizer, images, labels, bf16, clip)
 
 
 def make_infer(model, images, bf16, compile_model=False):

@@ -1,7 +1,9 @@
 import json
 
 import pytest
+import torch
 
+from normfree import create_model
 from normfree.cli import main
 
 
@@ -69,6 +71,18 @@ def test_bench_against_the_timm_peer(capsys):
     assert record["peer"] == "nf_resnet26" and record["peer_train_img_s"][0] > 0
     assert record["train_ratio"] > 0 and record["agc_speedup_vs_timm"] > 0
     assert record["gemm_gflops"] > 0 and 0 < record["train_fraction_of_conv_ceiling"]
+
+
+def test_bench_train_step_accepts_a_compiled_forward():
+    from normfree.bench import make_train_step
+    model = create_model("nfnet_tiny", 4)
+    images, labels = torch.randn(2, 3, 16, 16), torch.tensor([0, 3])
+    before = model.head.fc.bias.detach().clone()
+    # a compiled module has no truth value: the step must not test it with `or`
+    step, _ = make_train_step(model, images, labels, forward=torch.compile(model,
+                                                                           backend="eager"))
+    step()
+    assert not torch.equal(model.head.fc.bias, before)
 
 
 def test_eval_needs_exactly_one_source(tmp_path, capsys):

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from normfree.layers import (ACTIVATIONS, GAMMA, AvgPoolSame, MaxPoolSame, ScaledActivation,
-                             SqueezeExcite, StochasticDepth, WSConv2d, same_padding)
+                             SqueezeExcite, StochasticDepth, WSConv2d, same_padding,
+                             standardize_weight)
 
 
 def gaussian_std(fn):
@@ -79,6 +80,38 @@ def test_ws_eps_rules():
     expected_add = centred / math.sqrt(2 * (var.item() + 1e-5))
     assert torch.allclose(conv.standardized_weight().flatten().double(), expected_add,
                           rtol=1e-5)
+
+
+def _reference_standardisation(w, gain, fan_in, eps_mode, input_gain):
+    """SPEC §3 written out with autograd ops, the reference for the fused kernel's gradients."""
+    var, mean = torch.var_mean(w, dim=(1, 2, 3), keepdim=True, correction=0)
+    scale = (torch.rsqrt(torch.clamp(var * fan_in, min=1e-4)) if eps_mode == "clamp"
+             else torch.rsqrt((var + 1e-5) * fan_in))
+    return (w - mean) * scale * gain.view(-1, 1, 1, 1) * input_gain
+
+
+@pytest.mark.parametrize("eps_mode", ["clamp", "add"])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_fused_ws_matches_the_formula_and_its_gradients(eps_mode, memory_format):
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(6, 4, 3, 3, generator=g, dtype=torch.float64)
+    w[2] = 0.3 + 1e-4 * torch.randn(4, 3, 3, generator=g, dtype=torch.float64)  # N·var < 1e-4
+    w[3] = 0.5  # a constant filter: zero variance
+    gain = torch.randn(6, generator=g, dtype=torch.float64)
+    upstream = torch.randn(6, 4, 3, 3, generator=g, dtype=torch.float64)
+    results = []
+    for fn in (_reference_standardisation, standardize_weight):
+        weight = w.clone().contiguous(memory_format=memory_format).requires_grad_()
+        g_ = gain.clone().requires_grad_()
+        out = fn(weight, g_, 36, eps_mode, 1.7)
+        (out * upstream).sum().backward()
+        assert out.is_contiguous(memory_format=memory_format)
+        results.append((out.detach(), weight.grad, g_.grad))
+    for expected, actual in zip(*results):
+        assert torch.allclose(actual, expected, rtol=1e-10, atol=1e-12)
+    if eps_mode == "clamp":  # the clamped filter's gradient has no path through its variance
+        assert torch.allclose(results[1][1][2], 1.7 * gain[2] * 100 * (
+            upstream[2] - upstream[2].mean()), rtol=1e-10)
 
 
 def test_ws_inference_cache_follows_weight_changes():
