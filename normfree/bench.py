@@ -55,7 +55,8 @@ def make_train_step(model, images, labels, clip_factor=0.01, bf16=False, forward
     optimizer = torch.optim.SGD(param_groups(model, 1e-5, clip_factor), lr=1e-3, momentum=0.9,
                                 nesterov=True)
     clip = (lambda: clip_param_groups_(optimizer)) if clip_factor else None
-    return _step(model if forward is None else forward, optimizer, images, labels, bf16, clip), optimizer
+    step = _step(model if forward is None else forward, optimizer, images, labels, bf16, clip)
+    return step, optimizer
 
 
 def make_timm_train_step(model, images, labels, clip_factor=0.01, bf16=False, forward=None):
