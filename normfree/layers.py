@@ -8,7 +8,8 @@ Differences from the reference implementation (DeepMind's JAX/Haiku `nfnets`):
 - Tensors are NCHW and conv kernels OIHW (PyTorch layouts); the WS gain has shape (out_channels,).
 - 'SAME' padding is resolved once per input size and cached; a copy (`F.pad`) is made only when
   TensorFlow's rule is asymmetric, which PyTorch's conv padding cannot express.
-- In inference (no autograd), the standardised weight is cached until the weight or gain changes.
+- In inference (no autograd), the standardised weight is cached until the weight or gain changes;
+  on CPU in fp32 it is also prepacked for mkldnn, and the activation after a conv runs inside it.
 - The standardisation runs on PyTorch's batch-norm kernels with a hand-written backward
   (`standardize_weight`): same values and gradients as the formula up to float rounding.
 - Inside blocks and stems, γ (and β) multiply the next conv's standardised weight (`input_gain`)
@@ -103,6 +104,19 @@ def same_padding(size, kernel_size, stride, dilation=1):
     return total // 2, total - total // 2
 
 
+# Activations mkldnn can compute inside a conv (its "post-ops"): name → (post-op, algorithm).
+_FUSED_ACTIVATIONS = {"relu": ("relu", ""), "gelu": ("gelu", "tanh"),
+                      "gelu_exact": ("gelu", "none"), "silu": ("swish", "")}
+
+
+def _prepacked_path_applies(x):
+    """Eager fp32 CPU inference with mkldnn (what inductor's freezing does for compiled models);
+    autocast, tracing (ONNX), compiling and other devices take the plain path."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
+            and torch.backends.mkldnn.is_available() and not torch.is_autocast_enabled("cpu")
+            and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+
+
 class SamePaddingMixin:
     """Resolves TF 'SAME' padding per input size once, as conv padding or as an explicit pad."""
 
@@ -118,6 +132,28 @@ class SamePaddingMixin:
                 cached = ((0, 0), (pad_w[0], pad_w[1], pad_h[0], pad_h[1]))
             self._padding_cache[key] = cached
         return cached
+
+    def forward(self, x, activation=None):
+        """conv(x), then `activation` (an `Activation`) if given, computed inside the conv where
+        the prepacked CPU path applies (`WSConv2d`)."""
+        padding, explicit_pad = self._padding_for(x.shape[-2], x.shape[-1])
+        if explicit_pad is not None:
+            x = F.pad(x, explicit_pad)
+        packed = self._packed_weight(x, padding)
+        if packed is not None:
+            post_op, algorithm = "none", ""
+            if type(activation) is Activation and activation.name in _FUSED_ACTIVATIONS:
+                (post_op, algorithm), activation = _FUSED_ACTIVATIONS[activation.name], None
+            x = torch.ops.mkldnn._convolution_pointwise(
+                x, packed, self.bias, list(padding), list(self.stride), list(self.dilation),
+                self.groups, post_op, [], algorithm)
+        else:
+            x = F.conv2d(x, self.conv_weight(), self.bias, self.stride, padding, self.dilation,
+                         self.groups)
+        return x if activation is None else activation(x)
+
+    def _packed_weight(self, x, padding):
+        return None
 
 
 def standardize_weight(weight, gain, fan_in, eps_mode="clamp", input_gain=1.0):
@@ -216,6 +252,7 @@ class WSConv2d(SamePaddingMixin, nn.Conv2d):
         self._padding_cache = {}
         self._cached_weight = None
         self._cache_key = None
+        self._packed = {}  # input shape → prepacked Ŵ
         nn.init.normal_(self.weight, 0.0, self.fan_in ** -0.5)
         nn.init.zeros_(self.bias)
 
@@ -223,7 +260,7 @@ class WSConv2d(SamePaddingMixin, nn.Conv2d):
         return standardize_weight(self.weight, self.gain, self.fan_in, self.eps_mode,
                                   self.input_gain)
 
-    def _weight_for_forward(self):
+    def conv_weight(self):
         if torch.is_grad_enabled() and (self.weight.requires_grad or self.gain.requires_grad):
             self._cached_weight = None
             return self.standardized_weight()
@@ -234,23 +271,34 @@ class WSConv2d(SamePaddingMixin, nn.Conv2d):
                 or key[2] != weight._version or key[3] != gain._version):
             with torch.no_grad():
                 self._cached_weight = self.standardized_weight()
+            self._packed = {}
             self._cache_key = (weight, gain, weight._version, gain._version)
         return self._cached_weight
 
-    def forward(self, x):
-        padding, explicit_pad = self._padding_for(x.shape[-2], x.shape[-1])
-        if explicit_pad is not None:
-            x = F.pad(x, explicit_pad)
-        return F.conv2d(x, self._weight_for_forward(), self.bias, self.stride, padding,
-                        self.dilation, self.groups)
+    def _packed_weight(self, x, padding):
+        """Ŵ reordered once into mkldnn's blocked layout (CPU fp32 inference), per input shape:
+        timm's convs reorder the weight on every call. None where this path does not apply."""
+        if not _prepacked_path_applies(x):
+            return None
+        weight = self.conv_weight()
+        key = tuple(x.shape)
+        packed = self._packed.get(key)
+        if packed is None:
+            if len(self._packed) >= 8:  # e.g. many image sizes in `predict`: keep memory bounded
+                self._packed.clear()
+            packed = torch.ops.mkldnn._reorder_convolution_weight(
+                weight, list(padding), list(self.stride), list(self.dilation), self.groups,
+                list(key))
+            self._packed[key] = packed
+        return packed
 
     def _apply(self, fn, *args, **kwargs):
-        self._cached_weight, self._cache_key = None, None  # device/dtype moves invalidate Ŵ
+        self._cached_weight, self._cache_key, self._packed = None, None, {}  # moves invalidate Ŵ
         return super()._apply(fn, *args, **kwargs)
 
     def __getstate__(self):
         state = super().__getstate__()
-        state = dict(state, _cached_weight=None, _cache_key=None)
+        state = dict(state, _cached_weight=None, _cache_key=None, _packed={})
         return state
 
 
@@ -263,12 +311,8 @@ class SameConv2d(SamePaddingMixin, nn.Conv2d):
         self.input_gain = input_gain
         self._padding_cache = {}
 
-    def forward(self, x):
-        padding, explicit_pad = self._padding_for(x.shape[-2], x.shape[-1])
-        if explicit_pad is not None:
-            x = F.pad(x, explicit_pad)
-        weight = self.weight if self.input_gain == 1.0 else self.weight * self.input_gain
-        return F.conv2d(x, weight, self.bias, self.stride, padding, self.dilation, self.groups)
+    def conv_weight(self):
+        return self.weight if self.input_gain == 1.0 else self.weight * self.input_gain
 
 
 class MaxPoolSame(nn.Module):

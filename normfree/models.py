@@ -174,15 +174,21 @@ class Bottleneck(nn.Module):
     def branch_and_shortcut(self, x):
         a = self.preact(0, x)
         shortcut = x if self.downsample is None else self.downsample(a)
-        out = self.conv2(self.preact(1, self.conv1(a)))
+        out = self.conv_then_preact(self.conv1, 1, a)
+        last = self.conv2
         if self.conv2b is not None:
-            out = self.conv2b(self.preact(2, out))
+            out, last = self.conv_then_preact(self.conv2, 2, out), self.conv2b
         if self.se is not None and self.se_on_bottleneck:
-            out = self.se(out)
-        out = self.conv3(self.preact(3, out))
+            out = self.preact(3, self.se(last(out)))
+        else:
+            out = self.conv_then_preact(last, 3, out)
+        out = self.conv3(out)
         if self.se is not None and not self.se_on_bottleneck:
             out = self.se(out)
         return self.drop_path(self.residual(out)), shortcut
+
+    def conv_then_preact(self, conv, index, x):
+        return self.preact(index, conv(x))
 
 
 class NFBlock(Bottleneck):
@@ -216,6 +222,9 @@ class NFBlock(Bottleneck):
 
     def preact(self, index, x):
         return self.act(x)  # × γ (and β) inside the next conv
+
+    def conv_then_preact(self, conv, index, x):
+        return conv(x, activation=self.act)  # fused into the conv where it can be
 
     def forward(self, x):
         out, shortcut = self.branch_and_shortcut(x)
@@ -302,6 +311,22 @@ class ImageClassifier(nn.Module):
         return info
 
 
+class Stem(nn.Sequential):
+    """Convs with plain activations between them, then an optional pool; each activation is
+    passed to the conv before it, which computes it inside the conv where it can."""
+
+    def forward(self, x):
+        layers, fused = list(self), False
+        for layer, following in zip(layers, layers[1:] + [None]):
+            if fused:  # this activation ran inside the previous conv
+                fused = False
+            elif isinstance(following, Activation) and hasattr(layer, "conv_weight"):
+                x, fused = layer(x, activation=following), True
+            else:
+                x = layer(x)
+        return x
+
+
 class NFNet(ImageClassifier):
     """Stem → stages of NF blocks → (final conv, act) → pool, dropout, linear."""
 
@@ -309,7 +334,7 @@ class NFNet(ImageClassifier):
         super().__init__()
         self.cfg, self.num_classes = cfg, num_classes
         self.act = ScaledActivation(cfg.activation)
-        stem, in_channels = nn.Sequential(), cfg.in_chans
+        stem, in_channels = Stem(), cfg.in_chans
         for i, (width, stride) in enumerate(zip(cfg.stem_widths, cfg.stem_strides)):
             if i:
                 stem.add_module(f"act{i}", Activation(cfg.activation))

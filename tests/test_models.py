@@ -179,3 +179,22 @@ def test_grad_checkpointing_gives_the_same_gradients():
         grads.append([p.grad.clone() for p in model.parameters()])
     assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-8) for a, b in zip(*grads))
     assert any(g.abs().sum() > 0 for g in grads[1])
+
+
+@pytest.mark.parametrize("name,size", [("nfnet_f0", 64), ("nf_resnet26", 65),
+                                       ("nf_regnet_b0", 64), ("nfnet_s0", 28)])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_prepacked_inference_matches_the_autograd_path(name, size, memory_format):
+    """fp32 CPU inference runs on prepacked weights with the activations inside the convs;
+    the features must equal the training-mode computation (the plain conv path)."""
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("the prepacked path needs mkldnn")
+    torch.manual_seed(0)
+    model = create_model(name, 10).eval().to(memory_format=memory_format)
+    x = torch.randn(2, model.cfg.in_chans, size, size).contiguous(memory_format=memory_format)
+    with torch.no_grad():
+        fast = model.forward_features(x)
+    plain = model.forward_features(x).detach()  # grad enabled: standardised in the graph
+    assert torch.allclose(fast, plain, rtol=0, atol=1e-5 * plain.abs().max().item())
+    convs = [m for m in model.modules() if hasattr(m, "_packed")]
+    assert convs and all(m._packed for m in convs)  # every WS conv ran on a packed weight
