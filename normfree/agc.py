@@ -14,11 +14,14 @@ import torch
 
 
 def _unit_norms(tensors):
-    """Norms of every output unit of every tensor, concatenated into one flat vector."""
-    return torch.cat([
-        torch.linalg.vector_norm(t).reshape(1) if t.ndim <= 1
-        else torch.linalg.vector_norm(t.flatten(1), dim=1)
-        for t in tensors])
+    """Norms of every output unit of every tensor, concatenated into one flat vector; `tensors`
+    has its scalars and vectors (one unit each, one `_foreach_norm` call for all) first.
+    Reducing over dims 1.. instead of `flatten(1)` avoids copying channels_last weights."""
+    vectors = [t for t in tensors if t.ndim <= 1]
+    norms = [torch.stack(torch._foreach_norm(vectors))] if vectors else []
+    norms += [torch.linalg.vector_norm(t, dim=tuple(range(1, t.ndim)))
+              for t in tensors[len(vectors):]]
+    return torch.cat(norms)
 
 
 @torch.no_grad()
@@ -32,7 +35,8 @@ def adaptive_clip_grad_(parameters, clip_factor=0.01, eps=1e-3):
         raise ValueError(f"clip_factor must be positive, got {clip_factor}")
     if isinstance(parameters, torch.Tensor):
         parameters = [parameters]
-    params = [p for p in parameters if p.grad is not None]
+    # scalars and vectors first (see _unit_norms); the order of units does not matter
+    params = sorted((p for p in parameters if p.grad is not None), key=lambda p: p.ndim > 1)
     if not params:
         return torch.tensor(0.0)
     grads = [p.grad for p in params]
@@ -41,9 +45,15 @@ def adaptive_clip_grad_(parameters, clip_factor=0.01, eps=1e-3):
     clip = grad_norms / param_norms > clip_factor
     scales = torch.where(clip, param_norms * clip_factor / grad_norms.clamp_min(1e-6), 1.0)
     sizes = [1 if g.ndim <= 1 else g.shape[0] for g in grads]
-    unit_scales = [s.view((-1,) + (1,) * (g.ndim - 1)) if g.ndim > 1 else s.view(())
-                   for s, g in zip(scales.split(sizes), grads)]
-    torch._foreach_mul_(grads, unit_scales)
+    # Rewrite only the tensors with a clipped unit (usually few): one host sync saves a read
+    # and a write of every other gradient.
+    ends = torch.tensor(sizes, device=clip.device).cumsum(0) - 1
+    clipped_so_far = clip.cumsum(0)[ends]
+    touched = torch.diff(clipped_so_far, prepend=clipped_so_far.new_zeros(1)).gt(0).tolist()
+    pairs = [(g, s.view((-1,) + (1,) * (g.ndim - 1)) if g.ndim > 1 else s.view(()))
+             for g, s, hit in zip(grads, scales.split(sizes), touched) if hit]
+    if pairs:
+        torch._foreach_mul_(*map(list, zip(*pairs)))
     return clip.float().mean()
 
 

@@ -106,3 +106,33 @@ def test_accumulated_gradient_is_clipped_once():
         (p * torch.tensor([[0.6, 0.8]])).sum().backward()  # grads add up to norm 2
     adaptive_clip_grad_([p], clip_factor=0.1)
     assert torch.linalg.vector_norm(p.grad).item() == pytest.approx(0.5)
+
+
+def test_mixed_tensors_match_a_unit_by_unit_loop():
+    """Scalars, vectors, matrices and channels_last convs in any order, some tensors with no
+    clipped unit (left untouched) and some with: the same as clipping unit by unit."""
+    g = torch.Generator().manual_seed(0)
+    shapes = [(6, 4, 3, 3), (), (5,), (7, 3), (8, 2, 1, 1), (), (3,)]
+    grad_scales = [0.5, 0.001, 1.0, 0.001, 0.2, 2.0, 0.001]
+    params = []
+    for shape, scale in zip(shapes, grad_scales):
+        p = torch.nn.Parameter(torch.randn(shape, generator=g))
+        p.grad = torch.randn(shape, generator=g) * scale
+        if len(shape) == 4:
+            p.data = p.data.contiguous(memory_format=torch.channels_last)
+            p.grad = p.grad.contiguous(memory_format=torch.channels_last)
+        params.append(p)
+    expected, clipped, units = [], 0, 0
+    for p in params:
+        rows = [(p.detach(), p.grad)] if p.ndim <= 1 else zip(p.detach(), p.grad)
+        out = []
+        for w, grad in rows:
+            w_norm, g_norm = max(w.norm().item(), 1e-3), max(grad.norm().item(), 1e-6)
+            hit = g_norm / w_norm > 0.1
+            out.append(grad * (0.1 * w_norm / g_norm) if hit else grad.clone())
+            clipped, units = clipped + hit, units + 1
+        expected.append(out[0] if p.ndim <= 1 else torch.stack(out))
+    fraction = adaptive_clip_grad_(params, clip_factor=0.1)
+    assert 0 < clipped < units and fraction.item() == pytest.approx(clipped / units)
+    for p, e in zip(params, expected):
+        assert torch.allclose(p.grad, e, rtol=1e-5, atol=1e-8)
