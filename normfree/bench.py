@@ -113,7 +113,7 @@ def bench(model_name="nfnet_s0", image_size=None, batch_size=16, num_classes=10,
     ours, optimizer = make_train_step(model, images, labels, clip_factor, bf16, forward)
     steps = [ours]
     if peer:
-        peer_model = timm_peer(model_name, num_classes, device, fmt)
+        peer_model = timm_peer(model_name, num_classes, device, fmt, model.cfg)
         peer_forward = torch.compile(peer_model) if compile_model else None
         steps.append(make_timm_train_step(peer_model, images, labels, clip_factor, bf16,
                                           peer_forward))
@@ -154,7 +154,8 @@ def bench(model_name="nfnet_s0", image_size=None, batch_size=16, num_classes=10,
     return {**record, **machine_info()}
 
 
-def timm_peer(model_name, num_classes, device, memory_format):
+def timm_peer(model_name, num_classes, device, memory_format, cfg):
+    """timm's model with the same dropout and stochastic depth as ours (its defaults are 0)."""
     if model_name not in TIMM_PEERS:
         raise ValueError(f"no timm peer for {model_name!r}; peers exist for "
                          f"{', '.join(TIMM_PEERS)}")
@@ -162,7 +163,8 @@ def timm_peer(model_name, num_classes, device, memory_format):
         import timm
     except ImportError:
         raise ImportError("--peer timm needs timm: pip install timm") from None
-    model = timm.create_model(TIMM_PEERS[model_name], pretrained=False, num_classes=num_classes)
+    model = timm.create_model(TIMM_PEERS[model_name], pretrained=False, num_classes=num_classes,
+                              drop_rate=cfg.dropout, drop_path_rate=cfg.stochastic_depth)
     return model.to(device, memory_format=memory_format)
 
 

@@ -112,9 +112,10 @@ _FUSED_ACTIVATIONS = {"relu": ("relu", ""), "gelu": ("gelu", "tanh"),
 def _prepacked_path_applies(x):
     """Eager fp32 CPU inference with mkldnn (what inductor's freezing does for compiled models);
     autocast, tracing (ONNX), compiling and other devices take the plain path."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():  # first: no graph breaks
+        return False
     return (x.device.type == "cpu" and x.dtype == torch.float32 and not torch.is_grad_enabled()
-            and torch.backends.mkldnn.is_available() and not torch.is_autocast_enabled("cpu")
-            and not torch.jit.is_tracing() and not torch.compiler.is_compiling())
+            and torch.backends.mkldnn.is_available() and not torch.is_autocast_enabled("cpu"))
 
 
 class SamePaddingMixin:
@@ -157,8 +158,21 @@ class SamePaddingMixin:
 
 
 def standardize_weight(weight, gain, fan_in, eps_mode="clamp", input_gain=1.0):
-    """Ŵ of Scaled WS (the formulas of `WSConv2d`), differentiable in `weight` and `gain`."""
-    return _StandardizeWeight.apply(weight, gain, fan_in, eps_mode, input_gain)
+    """Ŵ of Scaled WS (the formulas of `WSConv2d`), differentiable in `weight` and `gain`.
+
+    Eager autograd runs the fused kernels below; without autograd, and under torch.compile
+    (whose inductor fuses the formula itself, and whose freezing pass cannot take the custom
+    function), the formula is written out."""
+    needs_grad = torch.is_grad_enabled() and (weight.requires_grad or gain.requires_grad)
+    if needs_grad and not torch.compiler.is_compiling():
+        return _StandardizeWeight.apply(weight, gain, fan_in, eps_mode, input_gain)
+    var, mean = torch.var_mean(weight, dim=tuple(range(1, weight.ndim)), keepdim=True,
+                               correction=0)
+    if eps_mode == "clamp":
+        scale = torch.rsqrt(torch.clamp(var * fan_in, min=_CLAMP))
+    else:
+        scale = torch.rsqrt((var + 1e-5) * fan_in)
+    return (weight - mean) * (scale * gain.view(-1, *[1] * (weight.ndim - 1)) * input_gain)
 
 
 # The per-filter statistics come from the batch-norm kernels (one fused pass forward, one
@@ -261,6 +275,8 @@ class WSConv2d(SamePaddingMixin, nn.Conv2d):
                                   self.input_gain)
 
     def conv_weight(self):
+        if torch.compiler.is_compiling():  # traced as a formula (freezing folds it)
+            return self.standardized_weight()
         if torch.is_grad_enabled() and (self.weight.requires_grad or self.gain.requires_grad):
             self._cached_weight = None
             return self.standardized_weight()

@@ -198,3 +198,16 @@ def test_prepacked_inference_matches_the_autograd_path(name, size, memory_format
     assert torch.allclose(fast, plain, rtol=0, atol=1e-5 * plain.abs().max().item())
     convs = [m for m in model.modules() if hasattr(m, "_packed")]
     assert convs and all(m._packed for m in convs)  # every WS conv ran on a packed weight
+
+
+def test_compiled_inference_with_freezing_matches_eager():
+    """timm's fastest inference path (inductor freezing) must work on our models too: the
+    prepacked eager path must not put graph breaks into what torch.compile traces."""
+    import torch._inductor.config as inductor
+    torch.manual_seed(0)
+    model = create_model("nfnet_tiny", 4).eval().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 16, 16).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), inductor.patch(freezing=True):
+        eager = model(x)
+        compiled = torch.compile(model, fullgraph=True)(x)
+    assert torch.allclose(compiled, eager, rtol=1e-4, atol=1e-5)
