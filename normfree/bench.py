@@ -33,6 +33,8 @@ def time_calls(*fns, warmup=3, repeats=10):
         for fn, record in zip(fns, times):
             start = time.perf_counter()
             fn()
+            if torch.cuda.is_initialized():  # wait for the queued kernels
+                torch.cuda.synchronize()
             record.append(time.perf_counter() - start)
     return [(statistics.median(t), min(t), max(t)) for t in times]
 

@@ -142,6 +142,22 @@ def cmd_study_agc(args):
     print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.png')}")
 
 
+def cmd_study_bn(args):
+    from dataclasses import replace
+    from pathlib import Path
+
+    from .studies import default_base, nf_vs_bn, plot_nf_vs_bn
+    base = default_base(args.epochs)
+    base = replace(base, model=args.model, seed=args.seed, data_dir=args.data_dir,
+                   batch_size=args.batch_size, lr=base.lr * args.batch_size / base.batch_size)
+    out = Path(args.out)
+    rows = nf_vs_bn(base, out.with_suffix(".csv"))
+    plot_nf_vs_bn(rows, out.with_suffix(".png"),
+                  f"Fashion-MNIST, batch {base.batch_size}, lr {base.lr:g}, {args.epochs} "
+                  f"epochs, seed {args.seed}")
+    print(f"wrote {out.with_suffix('.csv')} and {out.with_suffix('.png')}")
+
+
 def number_list(kind):
     def parse(text):
         try:
@@ -262,6 +278,17 @@ def build_parser():
     p.add_argument("--data-dir", default=None)
     p.add_argument("--out", default="docs/figures/agc_study", help="path stem for .csv and .png")
     p.set_defaults(fn=cmd_study_agc)
+
+    p = commands.add_parser("study-bn", help="NF model against its batch-norm twin on "
+                                             "Fashion-MNIST, same recipe (CSV and figure)")
+    p.add_argument("--model", default="nfnet_s0", help="NF model; its twin is <name>_bn")
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--batch-size", type=int, default=128,
+                   help="the learning rate scales linearly from the preset's (0.2 at 128)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--out", default="docs/figures/nf_vs_bn", help="path stem for .csv and .png")
+    p.set_defaults(fn=cmd_study_bn)
 
     p = commands.add_parser("convert", help="Haiku or timm NFNet weights → normfree .safetensors")
     p.add_argument("src", help="F0_haiku.npz … F6_haiku.npz, or timm dm_nfnet_* weights")

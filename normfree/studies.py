@@ -1,6 +1,10 @@
-"""The NFNet paper's AGC claim as an experiment: short training runs over a grid of batch sizes,
-learning rates and clip factors (0 = no AGC); each cell records whether training diverged and
-the validation accuracy it reached. Writes a CSV and a heatmap figure per clip factor.
+"""The papers' training claims as experiments on Fashion-MNIST, each writing a CSV and a figure.
+
+- `agc_study`: short runs over a grid of batch sizes, learning rates and clip factors (0 = no
+  AGC); each cell records whether training diverged and the validation accuracy it reached.
+- `nf_vs_bn`: an NF model against its batch-norm twin with the same recipe (the twin without
+  AGC): validation accuracy per epoch and per second of training, test accuracy, and the
+  train-step time of each measured back to back.
 """
 
 import csv
@@ -9,8 +13,14 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import torch
+
+from .bench import make_train_step, time_calls
 from .config import preset
+from .report import read_metrics
+from .runs import bf16_available
 from .train import TrainingDiverged, train
+from .zoo import bn_twin_name, create_model
 
 FIELDS = ["batch_size", "lr", "clip_factor", "val_top1", "diverged_at_step", "seconds"]
 
@@ -38,15 +48,15 @@ def agc_study(base, batch_sizes, lrs_per_256, clip_factors, out_csv, progress=pr
                     progress(f"batch {batch:5d}  lr {cfg.lr:7.3f}  clip {clip:<5}  "
                              + (f"val {row['val_top1']:.2f}%" if row["val_top1"] is not None
                                 else f"diverged at step {row['diverged_at_step']}"))
-                    _write(rows, out_csv)
+                    _write(rows, out_csv, FIELDS)
     return rows
 
 
-def _write(rows, path):
+def _write(rows, path, fields):
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
 
@@ -92,3 +102,77 @@ def default_base(epochs=2):
     """The study's per-cell recipe: the `fmnist` preset, shortened, without EMA or compile."""
     return replace(preset("fmnist"), epochs=epochs, ema_decay=0.0, compile=False,
                    tta_flip=False)
+
+
+BN_FIELDS = ["model", "batch_size", "epoch", "seconds", "val_top1", "test_top1",
+             "step_ms"]
+
+
+def nf_vs_bn(base, out_csv, progress=print):
+    """Train `base.model` and its BN twin with `base`'s recipe (the twin with `clip_factor=0`:
+    AGC is the NF model's replacement for what BN does). Rows: one per model and epoch, with
+    the cumulative training seconds; the last row of each model carries its test accuracy.
+    Returns the rows written."""
+    twin = bn_twin_name(base.model)
+    step_ms = _step_times(base, [base.model, twin])
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for name in (base.model, twin):
+            cfg = replace(base, model=name, clip_factor=0.0 if name == twin else base.clip_factor,
+                          progress=False, out_dir=str(Path(scratch) / name))
+            result = train(cfg)
+            seconds = 0.0
+            for m in read_metrics(Path(cfg.out_dir) / "metrics.csv"):
+                seconds += m["epoch_seconds"]
+                rows.append({"model": name, "batch_size": cfg.batch_size, "epoch": int(m["epoch"]),
+                             "seconds": round(seconds, 1), "val_top1": m["val_acc"],
+                             "test_top1": None, "step_ms": step_ms[name]})
+            rows[-1]["test_top1"] = result["test_top1"]
+            progress(f"{name}: test {result['test_top1']:.2f}% after {cfg.epochs} epochs, "
+                     f"{seconds:.0f} s, {step_ms[name]:.1f} ms a step")
+            _write(rows, out_csv, BN_FIELDS)
+    return rows
+
+
+def _step_times(cfg, names, repeats=20):
+    """Median milliseconds of a training step (forward, backward, AGC for the NF model,
+    optimizer step) of each model on one batch of the recipe's shape, calls interleaved."""
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    models = [create_model(name, 10).to(device, memory_format=fmt) for name in names]
+    g = torch.Generator().manual_seed(0)
+    size = cfg.image_size or models[0].cfg.train_size
+    images = torch.randn(cfg.batch_size, models[0].cfg.in_chans, size, size, generator=g)
+    images = images.to(device).contiguous(memory_format=fmt)
+    labels = torch.randint(0, 10, (cfg.batch_size,), generator=g).to(device)
+    bf16 = bf16_available(device) if cfg.bf16 is None else cfg.bf16
+    steps = [make_train_step(model, images, labels,
+                             0.0 if name.endswith("_bn") else cfg.clip_factor, bf16)[0]
+             for name, model in zip(names, models)]
+    times = time_calls(*steps, repeats=repeats)
+    return {name: round(t[0] * 1000, 2) for name, t in zip(names, times)}
+
+
+def plot_nf_vs_bn(rows, path, title):
+    """Validation accuracy against epoch and against training seconds, one line per model."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (by_epoch, by_time) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for name in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == name]
+        label = f"{name} (test {mine[-1]['test_top1']:.2f}%, {mine[0]['step_ms']:.0f} ms/step)"
+        by_epoch.plot([r["epoch"] for r in mine], [r["val_top1"] for r in mine], "o-",
+                      label=label)
+        by_time.plot([r["seconds"] for r in mine], [r["val_top1"] for r in mine], "o-",
+                     label=label)
+    by_epoch.set(xlabel="epoch", ylabel="validation top-1 (%)")
+    by_time.set(xlabel="training seconds (2 CPU cores)", ylabel="validation top-1 (%)")
+    for ax in (by_epoch, by_time):
+        ax.grid(alpha=0.3)
+    by_epoch.legend(fontsize=8)
+    fig.suptitle(title)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)

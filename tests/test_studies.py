@@ -4,7 +4,7 @@ import csv
 from dataclasses import replace
 
 from normfree.config import preset
-from normfree.studies import agc_study, plot_agc_study
+from normfree.studies import agc_study, nf_vs_bn, plot_agc_study, plot_nf_vs_bn
 
 
 def test_agc_study_grid_records_divergence_and_accuracy(tmp_path):
@@ -20,3 +20,19 @@ def test_agc_study_grid_records_divergence_and_accuracy(tmp_path):
     assert cell[(0.05, 0.0)]["val_top1"] > 20.0 and cell[(0.05, 0.04)]["val_top1"] > 20.0
     plot_agc_study(rows, tmp_path / "agc.png", "test")
     assert (tmp_path / "agc.png").stat().st_size > 10_000
+
+
+def test_nf_vs_bn_trains_both_and_times_their_steps(tmp_path):
+    base = replace(preset("debug"), epochs=2, ema_decay=0.0)
+    rows = nf_vs_bn(base, tmp_path / "bn.csv", progress=lambda line: None)
+    assert [(r["model"], r["epoch"]) for r in rows] == [
+        ("nfnet_tiny", 1), ("nfnet_tiny", 2), ("nfnet_tiny_bn", 1), ("nfnet_tiny_bn", 2)]
+    for model in ("nfnet_tiny", "nfnet_tiny_bn"):
+        mine = [r for r in rows if r["model"] == model]
+        assert 0 < mine[0]["seconds"] < mine[1]["seconds"]  # cumulative training time
+        assert mine[0]["test_top1"] is None and 0 <= mine[1]["test_top1"] <= 100
+        assert mine[0]["step_ms"] > 0
+    with open(tmp_path / "bn.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 4
+    plot_nf_vs_bn(rows, tmp_path / "bn.png", "test")
+    assert (tmp_path / "bn.png").stat().st_size > 10_000
