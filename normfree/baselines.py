@@ -53,7 +53,7 @@ class BNBlock(Bottleneck):
 
     def forward(self, x):
         out, shortcut = self.branch_and_shortcut(x)
-        return out + shortcut
+        return self.drop_path(out) + shortcut
 
 
 class BNNet(ImageClassifier):

@@ -386,14 +386,20 @@ class StochasticDepth(nn.Module):
         self.rate, self.rescale = rate, rescale
 
     def forward(self, x):
+        mask = self.mask_for(x)
+        return x if mask is None else x * mask
+
+    def mask_for(self, x):
+        """The per-example multipliers (N, 1, 1, 1) for a batch like `x`, or None when nothing
+        is dropped; NF blocks fold them into their skip-gain multiply instead of a full pass."""
         if not self.training or self.rate == 0.0:
-            return x
+            return None
         keep = 1.0 - self.rate
         mask = torch.empty((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device, dtype=x.dtype)
         mask.bernoulli_(keep)
         if self.rescale:
             mask.div_(keep)
-        return x * mask
+        return mask
 
     def extra_repr(self):
         return f"rate={self.rate}, rescale={self.rescale}"

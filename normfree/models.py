@@ -185,7 +185,7 @@ class Bottleneck(nn.Module):
         out = self.conv3(out)
         if self.se is not None and not self.se_on_bottleneck:
             out = self.se(out)
-        return self.drop_path(self.residual(out)), shortcut
+        return self.residual(out), shortcut  # stochastic depth: the subclass's forward
 
     def conv_then_preact(self, conv, index, x):
         return self.preact(index, conv(x))
@@ -228,7 +228,9 @@ class NFBlock(Bottleneck):
 
     def forward(self, x):
         out, shortcut = self.branch_and_shortcut(x)
-        return torch.addcmul(shortcut, out, self.skip_gain * self.alpha)
+        scale = self.skip_gain * self.alpha
+        mask = self.drop_path.mask_for(out)
+        return torch.addcmul(shortcut, out, scale if mask is None else mask * scale)
 
 
 class Head(nn.Module):

@@ -211,3 +211,17 @@ def test_compiled_inference_with_freezing_matches_eager():
         eager = model(x)
         compiled = torch.compile(model, fullgraph=True)(x)
     assert torch.allclose(compiled, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_stochastic_depth_drops_whole_residual_branches_of_nf_blocks():
+    torch.manual_seed(0)
+    block = create_model("nfnet_tiny", 4).stages[-1][0].train()
+    block.drop_path.rate = 0.5
+    with torch.no_grad():
+        block.skip_gain.fill_(1.0)
+        x = torch.randn(32, block.conv1.in_channels, 8, 8)
+        y = block(x)
+        branch, shortcut = block.branch_and_shortcut(x)  # no randomness inside the branch
+    kept = torch.isclose(y, shortcut + block.alpha * branch, atol=1e-6).flatten(1).all(1)
+    dropped = torch.equal(y[~kept], shortcut[~kept])
+    assert dropped and 4 < kept.sum().item() < 28  # ~half of 32 examples kept
