@@ -14,6 +14,7 @@ class TrainConfig:
     numerics: Optional[str] = None           # deepmind | timm; None: --init-from's, else deepmind
     dropout: Optional[float] = None          # None: the model's own
     stochastic_depth: Optional[float] = None  # None: the model's own
+    skip_init: Optional[bool] = None         # skip gains start at 0 (SkipInit); None: the model's
     init_from: Optional[str] = None          # weights to fine-tune (classifier replaced if the
                                              # classes differ): Haiku, timm or normfree file
     freeze: Optional[str] = None             # modules kept fixed, e.g. "stem,stages.0"

@@ -28,7 +28,7 @@ def bf16_available(device):
 
 def model_for(cfg, data):
     """The run's model: `cfg.model` sized for the data, with the config's regularisation."""
-    overrides = {k: getattr(cfg, k) for k in ("dropout", "stochastic_depth")
+    overrides = {k: getattr(cfg, k) for k in ("dropout", "stochastic_depth", "skip_init")
                  if getattr(cfg, k) is not None}
     return create_model(cfg.model, len(data.classes), numerics=cfg.numerics or "deepmind",
                         in_chans=data.in_chans, **overrides)

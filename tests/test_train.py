@@ -1,5 +1,6 @@
 import importlib
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -129,3 +130,17 @@ def test_tensorboard_scalars_can_be_read_back(tmp_path):
     import csv
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     assert val[-1].value == pytest.approx(float(rows[-1]["val_acc"]))
+
+
+def test_config_overrides_the_models_regularisation_and_skip_init():
+    from types import SimpleNamespace
+
+    from normfree.runs import model_for
+    data = SimpleNamespace(classes=list("abcd"), in_chans=3)
+    cfg = replace(preset("debug"), dropout=0.3, stochastic_depth=0.2, skip_init=False)
+    model = model_for(cfg, data)
+    assert model.cfg.dropout == 0.3 and model.cfg.stochastic_depth == 0.2
+    gains = [m.skip_gain.item() for m in model.modules() if hasattr(m, "skip_gain")]
+    assert gains and all(g == 1.0 for g in gains)
+    default = model_for(preset("debug"), data)
+    assert all(m.skip_gain.item() == 0.0 for m in default.modules() if hasattr(m, "skip_gain"))
