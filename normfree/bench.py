@@ -132,7 +132,15 @@ def bench(model_name="nfnet_s0", image_size=None, batch_size=16, num_classes=10,
     infers.append(make_infer(folded, images, bf16, compile_model))
     if peer:
         infers.append(make_infer(peer_model, images, bf16, compile_model))
-    infer_times = time_calls(*infers, repeats=repeats)
+    # Reference points for the fast paths: timm's plain fp32 eager inference (what bf16 or
+    # compiling is measured against) and our own eager path (against a compiled peer).
+    extra = {}
+    if peer and (bf16 or compile_model):
+        extra["peer_eager_fp32"] = make_infer(peer_model, images, False)
+    if compile_model:
+        extra["eager"] = make_infer(model, images, bf16)
+    infer_times = time_calls(*infers, *extra.values(), repeats=repeats)
+    extra_times = dict(zip(extra, infer_times[len(infers):]))
 
     def rate(t):
         return [round(batch_size / x, 1) for x in (t[0], t[2], t[1])]
@@ -153,6 +161,14 @@ def bench(model_name="nfnet_s0", image_size=None, batch_size=16, num_classes=10,
             "infer_ratio": round(infer_times[2][0] / infer_times[0][0], 3),
             "infer_folded_ratio": round(infer_times[2][0] / infer_times[1][0], 3),
             "agc_speedup_vs_timm": round(agc_times[1][0] / agc_times[0][0], 2)})
+    if "peer_eager_fp32" in extra_times:
+        record["infer_ratio_vs_peer_eager_fp32"] = round(
+            extra_times["peer_eager_fp32"][0] / infer_times[0][0], 3)
+    if "eager" in extra_times:
+        record["eager_infer_img_s"] = rate(extra_times["eager"])
+        if peer:
+            record["eager_infer_ratio_vs_peer"] = round(
+                infer_times[2][0] / extra_times["eager"][0], 3)
     return {**record, **machine_info()}
 
 
