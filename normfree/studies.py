@@ -89,8 +89,9 @@ def plot_agc_study(rows, path, title):
                         color="red" if np.isnan(grid[i, j]) else "white")
         ax.set(xticks=range(len(ratios)), xticklabels=[f"{x:g}" for x in ratios],
                yticks=range(len(batches)), yticklabels=batches,
-               xlabel="learning rate per 256 images", ylabel="batch size",
+               xlabel="learning rate per 256 images",
                title="no AGC" if not clip else f"AGC λ = {clip:g}")
+    axes[0][0].set_ylabel("batch size")
     fig.colorbar(image, ax=axes[0].tolist(), label="validation top-1 (%)")
     fig.suptitle(title)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
