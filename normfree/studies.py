@@ -126,7 +126,7 @@ def nf_vs_bn(base, out_csv, progress=print):
             for m in read_metrics(Path(cfg.out_dir) / "metrics.csv"):
                 seconds += m["epoch_seconds"]
                 rows.append({"model": name, "batch_size": cfg.batch_size, "epoch": int(m["epoch"]),
-                             "seconds": round(seconds, 1), "val_top1": m["val_acc"],
+                             "seconds": round(seconds, 3), "val_top1": m["val_acc"],
                              "test_top1": None, "step_ms": step_ms[name]})
             rows[-1]["test_top1"] = result["test_top1"]
             progress(f"{name}: test {result['test_top1']:.2f}% after {cfg.epochs} epochs, "
