@@ -184,19 +184,23 @@ _CLAMP = 1e-4       # the reference's floor on N·var
 _DELTA = 1e-10      # see backward
 
 
+def _only_channels_last(t):
+    return t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(
+        memory_format=torch.channels_last)
+
+
 def _rows(t, like):
     """(1, out_channels, fan_in) view of a conv weight (or its gradient, in the weight's element
     order `like`), without a copy when contiguous or channels_last: per-filter statistics do
     not depend on the order of a filter's elements."""
-    if like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(
-            memory_format=torch.channels_last):
+    if _only_channels_last(like):
         t = t.permute(0, 2, 3, 1)
     return t.reshape(1, t.shape[0], -1)
 
 
 def _unrows(rows, like):
-    if like.dim() == 4 and not like.is_contiguous() and like.is_contiguous(
-            memory_format=torch.channels_last):
+    """The inverse of `_rows(·, like)`: a tensor shaped and laid out like `like`."""
+    if _only_channels_last(like):
         o, i, h, w = like.shape
         return rows.view(o, h, w, i).permute(0, 3, 1, 2)
     return rows.view(like.shape)

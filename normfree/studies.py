@@ -114,13 +114,13 @@ def nf_vs_bn(base, out_csv, progress=print):
     AGC is the NF model's replacement for what BN does). Rows: one per model and epoch, with
     the cumulative training seconds; the last row of each model carries its test accuracy.
     Returns the rows written."""
-    twin = bn_twin_name(base.model)
-    step_ms = _step_times(base, [base.model, twin])
+    clip_factors = {base.model: base.clip_factor, bn_twin_name(base.model): 0.0}
+    step_ms = _step_times(base, clip_factors)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        for name in (base.model, twin):
-            cfg = replace(base, model=name, clip_factor=0.0 if name == twin else base.clip_factor,
-                          progress=False, out_dir=str(Path(scratch) / name))
+        for name, clip_factor in clip_factors.items():
+            cfg = replace(base, model=name, clip_factor=clip_factor, progress=False,
+                          out_dir=str(Path(scratch) / name))
             result = train(cfg)
             seconds = 0.0
             for m in read_metrics(Path(cfg.out_dir) / "metrics.csv"):
@@ -135,9 +135,11 @@ def nf_vs_bn(base, out_csv, progress=print):
     return rows
 
 
-def _step_times(cfg, names, repeats=20):
-    """Median milliseconds of a training step (forward, backward, AGC for the NF model,
-    optimizer step) of each model on one batch of the recipe's shape, calls interleaved."""
+def _step_times(cfg, clip_factors, repeats=20):
+    """Median milliseconds of a training step (forward, backward, AGC where the model's clip
+    factor is not 0, optimizer step) of each model on one batch of the recipe's shape, calls
+    interleaved."""
+    names = list(clip_factors)
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     models = [create_model(name, 10).to(device, memory_format=fmt) for name in names]
@@ -147,8 +149,7 @@ def _step_times(cfg, names, repeats=20):
     images = images.to(device).contiguous(memory_format=fmt)
     labels = torch.randint(0, 10, (cfg.batch_size,), generator=g).to(device)
     bf16 = bf16_available(device) if cfg.bf16 is None else cfg.bf16
-    steps = [make_train_step(model, images, labels,
-                             0.0 if name.endswith("_bn") else cfg.clip_factor, bf16)[0]
+    steps = [make_train_step(model, images, labels, clip_factors[name], bf16)[0]
              for name, model in zip(names, models)]
     times = time_calls(*steps, repeats=repeats)
     return {name: round(t[0] * 1000, 2) for name, t in zip(names, times)}
