@@ -52,7 +52,8 @@ class BNBlock(Bottleneck):
         return self.preacts[index](x)
 
     def forward(self, x):
-        out, shortcut = self.branch_and_shortcut(x)
+        out, gate, shortcut = self.branch_and_shortcut(x)
+        out = self.residual(out if gate is None else out * gate)
         return self.drop_path(out) + shortcut
 
 

@@ -11,9 +11,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .agc import clip_param_groups_, param_groups
+from .agc import clip_param_groups_
+from .config import TrainConfig
 from .deploy import fold_ws
 from .report import machine_info
+from .train import build_optimizer
 from .zoo import count_macs, create_model
 
 # normfree model → the timm model a user would pick instead (same architecture and widths)
@@ -52,20 +54,22 @@ def _step(forward, optimizer, images, labels, bf16, clip):
 
 
 def make_train_step(model, images, labels, clip_factor=0.01, bf16=False, forward=None):
-    """A Nesterov-SGD train step with normfree's AGC, and its optimizer; `forward` (e.g.
-    compiled) defaults to the model."""
-    optimizer = torch.optim.SGD(param_groups(model, 1e-5, clip_factor), lr=1e-3, momentum=0.9,
-                                nesterov=True)
+    """The train step of `normfree train` (Nesterov SGD, fused, with normfree's AGC), and its
+    optimizer; `forward` (e.g. compiled) defaults to the model."""
+    optimizer = build_optimizer(TrainConfig(lr=1e-3, weight_decay=1e-5, clip_factor=clip_factor),
+                                model)
     clip = (lambda: clip_param_groups_(optimizer)) if clip_factor else None
     step = _step(model if forward is None else forward, optimizer, images, labels, bf16, clip)
     return step, optimizer
 
 
-def make_timm_train_step(model, images, labels, clip_factor=0.01, bf16=False, forward=None):
-    """timm's recipe for the same step: one SGD group, its AGC on all but the head."""
+def make_timm_train_step(model, images, labels, clip_factor=0.01, bf16=False, forward=None,
+                         fused=False):
+    """timm's recipe for the same step: one SGD group (PyTorch's default multi-tensor update,
+    or with `fused` the same fused kernel as ours), its AGC on all but the head."""
     from timm.utils.agc import adaptive_clip_grad
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True,
-                                weight_decay=1e-5)
+                                weight_decay=1e-5, fused=fused)
     clipped = list(model.parameters())[:-2]  # timm's positional exclusion of the classifier
     clip = (lambda: adaptive_clip_grad(clipped, clip_factor)) if clip_factor else None
     return _step(model if forward is None else forward, optimizer, images, labels, bf16, clip)
@@ -117,8 +121,8 @@ def bench(model_name="nfnet_s0", image_size=None, batch_size=16, num_classes=10,
     if peer:
         peer_model = timm_peer(model_name, num_classes, device, fmt, model.cfg)
         peer_forward = torch.compile(peer_model) if compile_model else None
-        steps.append(make_timm_train_step(peer_model, images, labels, clip_factor, bf16,
-                                          peer_forward))
+        steps += [make_timm_train_step(peer_model, images, labels, clip_factor, bf16,
+                                       peer_forward, fused) for fused in (False, True)]
     train_times = time_calls(*steps, repeats=repeats)
     ours()  # fresh gradients for timing AGC alone
     # A clipped gradient sits exactly at the threshold afterwards, so every timed call first
@@ -170,6 +174,7 @@ def bench(model_name="nfnet_s0", image_size=None, batch_size=16, num_classes=10,
             "peer": TIMM_PEERS[model_name], "peer_train_img_s": rate(train_times[1]),
             "peer_infer_img_s": rate(infer_times[2]),
             "train_ratio": round(train_times[1][0] / train_times[0][0], 3),
+            "train_ratio_vs_peer_fused_sgd": round(train_times[2][0] / train_times[0][0], 3),
             "infer_ratio": round(infer_times[2][0] / infer_times[0][0], 3),
             "infer_folded_ratio": round(infer_times[2][0] / infer_times[1][0], 3),
             "agc_speedup_vs_timm": round(agc_times[1][0] / agc_times[0][0], 2)})

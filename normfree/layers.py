@@ -8,8 +8,10 @@ Differences from the reference implementation (DeepMind's JAX/Haiku `nfnets`):
 - Tensors are NCHW and conv kernels OIHW (PyTorch layouts); the WS gain has shape (out_channels,).
 - 'SAME' padding is resolved once per input size and cached; a copy (`F.pad`) is made only when
   TensorFlow's rule is asymmetric, which PyTorch's conv padding cannot express.
-- In inference (no autograd), the standardised weight is cached until the weight or gain changes;
-  on CPU in fp32 it is also prepacked for mkldnn, and the activation after a conv runs inside it.
+- In inference (no autograd), the standardised weight is cached until the weight or gain changes
+  (in place, which bumps its version counter, or by any optimizer step; writes through `.data`
+  are not seen: call `model.to(...)` or load a state dict instead); on CPU in fp32 it is also
+  prepacked for mkldnn, and the activation after a conv runs inside it.
 - The standardisation runs on PyTorch's batch-norm kernels with a hand-written backward
   (`standardize_weight`): same values and gradients as the formula up to float rounding.
 - Inside blocks and stems, γ (and β) multiply the next conv's standardised weight (`input_gain`)
@@ -22,6 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.optimizer import register_optimizer_step_post_hook
 
 # γ = 1/std(f(z)) for z ~ N(0, 1): the reference's constants, verbatim (they are what the released
 # weights were trained with and run 0.03-0.09 % above the exact integrals).
@@ -248,6 +251,21 @@ class _StandardizeWeight(torch.autograd.Function):
         return grad_weight, grad_gain, None, None, None
 
 
+class _OptimizerSteps:
+    """Optimizer steps taken in this process. In-place changes bump a tensor's version counter,
+    but fused optimizers (`fused=True`) update parameters without doing so: the inference cache
+    of Ŵ also expires with every step of any optimizer."""
+
+    count = 0
+
+    @classmethod
+    def after_step(cls, optimizer, args, kwargs):
+        cls.count += 1
+
+
+register_optimizer_step_post_hook(_OptimizerSteps.after_step)
+
+
 class WSConv2d(SamePaddingMixin, nn.Conv2d):
     """Conv with Scaled Weight Standardization (SPEC §3) and TF 'SAME' padding.
 
@@ -286,13 +304,14 @@ class WSConv2d(SamePaddingMixin, nn.Conv2d):
             return self.standardized_weight()
         # Inference: Ŵ is a constant until an optimizer (or a load) changes W or g.
         weight, gain = self.weight, self.gain
-        key = self._cache_key
-        if (key is None or key[0] is not weight or key[1] is not gain
-                or key[2] != weight._version or key[3] != gain._version):
+        key = (weight, gain, weight._version, gain._version, _OptimizerSteps.count)
+        cached = self._cache_key
+        if (cached is None or cached[0] is not weight or cached[1] is not gain
+                or cached[2:] != key[2:]):
             with torch.no_grad():
                 self._cached_weight = self.standardized_weight()
             self._packed = {}
-            self._cache_key = (weight, gain, weight._version, gain._version)
+            self._cache_key = key
         return self._cached_weight
 
     def _packed_weight(self, x, padding):
@@ -372,9 +391,12 @@ class SqueezeExcite(nn.Module):
             nn.init.zeros_(fc.bias)
 
     def forward(self, x):
-        s = x.mean(dim=(2, 3))
-        s = self.fc2(F.relu(self.fc1(s)))
-        return x * (2.0 * torch.sigmoid(s))[:, :, None, None]
+        return x * self.gate(x)
+
+    def gate(self, x):
+        """The (N, C, 1, 1) multipliers for `x`; NF blocks fold them into the skip-gain multiply."""
+        s = self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3)))))
+        return (2.0 * torch.sigmoid(s))[:, :, None, None]
 
 
 class StochasticDepth(nn.Module):

@@ -8,6 +8,9 @@ Differences from the reference implementation:
 - `numerics="timm"` reproduces timm's `dm_nfnet_*` conventions (exact GELU, WS eps added,
   stochastic depth rescaled) so timm's weights give timm's logits.
 - Small-image variants (`*_s*`, `*_tiny`) are ours: same block rules, smaller widths and stem.
+- An NF block's end-of-block SE gate is multiplied into α · skip gain (a per-channel factor)
+  rather than into the branch output: `x + (gate · α · g) · f` is one full-size multiply-add
+  instead of two multiplies and an add; equal to the reference up to float rounding.
 """
 
 import math
@@ -183,9 +186,10 @@ class Bottleneck(nn.Module):
         else:
             out = self.conv_then_preact(last, 3, out)
         out = self.conv3(out)
-        if self.se is not None and not self.se_on_bottleneck:
-            out = self.se(out)
-        return self.residual(out), shortcut  # stochastic depth: the subclass's forward
+        gate = self.se.gate(out) if self.se is not None and not self.se_on_bottleneck else None
+        # the branch output is out · gate; the subclass's forward applies the gate (and
+        # stochastic depth) and calls `residual`
+        return out, gate, shortcut
 
     def conv_then_preact(self, conv, index, x):
         return self.preact(index, conv(x))
@@ -216,7 +220,7 @@ class NFBlock(Bottleneck):
         self.conv3 = make_conv(cfg, plan.width, plan.out_channels, 1, gamma=gamma)
         self.se_on_bottleneck = cfg.se_on_bottleneck
         self.se = make_se(cfg, plan)
-        self.residual = nn.Identity()  # measurement point for signal-propagation hooks
+        self.residual = nn.Identity()  # measurement point: a hook on it sees the branch f(x)
         self.drop_path = StochasticDepth(plan.drop_rate, cfg.stochastic_depth_rescale)
         self.skip_gain = nn.Parameter(torch.tensor(0.0 if cfg.skip_init else 1.0))
 
@@ -227,10 +231,19 @@ class NFBlock(Bottleneck):
         return conv(x, activation=self.act)  # fused into the conv where it can be
 
     def forward(self, x):
-        out, shortcut = self.branch_and_shortcut(x)
-        scale = self.skip_gain * self.alpha
+        out, gate, shortcut = self.branch_and_shortcut(x)
+        if gate is not None and self.residual._forward_hooks:  # observed: materialise f(x)
+            out, gate = out * gate, None
+        out = self.residual(out)
+        # the SE gate and the drop-path mask ride on the skip-gain multiply: one full-size
+        # multiply-add per block (a separate gate multiply costs a pass forward, two backward)
+        multiplier = self.skip_gain * self.alpha
         mask = self.drop_path.mask_for(out)
-        return torch.addcmul(shortcut, out, scale if mask is None else mask * scale)
+        if mask is not None:
+            multiplier = mask * multiplier
+        if gate is not None:
+            multiplier = gate * multiplier
+        return torch.addcmul(shortcut, out, multiplier)
 
 
 class Head(nn.Module):

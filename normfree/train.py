@@ -73,11 +73,26 @@ class EMA:
 
 def build_optimizer(cfg, model):
     groups = param_groups(model, cfg.weight_decay, cfg.clip_factor or None)
+    # The fused kernels update each tensor in one pass; the default multi-tensor path makes ~5
+    # passes over all weights (on CPU ~5× slower, a tenth of an F0 step: docs/benchmarks.md).
+    fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
+                               fused=fused)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
     raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
+
+
+def load_optimizer_state(optimizer, state):
+    """`optimizer.load_state_dict`, then every per-parameter buffer laid out like its parameter:
+    fused kernels walk parameter, gradient and buffers in memory order, ignoring strides."""
+    optimizer.load_state_dict(state)
+    for param, buffers in optimizer.state.items():
+        for name, value in buffers.items():
+            if torch.is_tensor(value) and value.shape == param.shape \
+                    and value.stride() != param.stride():
+                buffers[name] = torch.empty_like(param).copy_(value)
 
 
 def batch_mixer(cfg, num_classes):
@@ -299,7 +314,7 @@ def _train(cfg, procs, device):
             raise CheckpointError(f"{out / 'checkpoint.pt'} was written with another config; "
                                   "resume with the same flags")
         model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        load_optimizer_state(optimizer, state["optimizer"])
         if ema is not None:
             ema.module.load_state_dict(state["ema"])
         step, start_epoch, selected = state["step"], state["epoch"], state["selected"]

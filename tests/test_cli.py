@@ -70,6 +70,7 @@ def test_bench_against_the_timm_peer(capsys):
     record = json.loads(capsys.readouterr().out)
     assert record["peer"] == "nf_resnet26" and record["peer_train_img_s"][0] > 0
     assert record["train_ratio"] > 0 and record["agc_speedup_vs_timm"] > 0
+    assert record["train_ratio_vs_peer_fused_sgd"] > 0
     assert record["gemm_gflops"] > 0 and 0 < record["train_fraction_of_conv_ceiling"]
     assert main(["bench", "--model", "nf_resnet26", "--image-size", "32", "--batch-size", "2",
                  "--repeats", "2", "--peer", "timm", "--bf16"]) == 0

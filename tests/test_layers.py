@@ -130,6 +130,25 @@ def test_ws_inference_cache_follows_weight_changes():
     assert conv.weight.grad is not None and conv.gain.grad is not None
 
 
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_ws_inference_cache_expires_with_fused_optimizer_steps(optimizer):
+    # fused optimizers write parameters without bumping their version counters
+    torch.manual_seed(0)
+    conv = WSConv2d(4, 8, 3).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 4, 8, 8)
+    make = torch.optim.SGD if optimizer == "sgd" else torch.optim.AdamW
+    opt = make(conv.parameters(), lr=0.5, fused=True)
+    with torch.no_grad():
+        before = conv(x)
+    conv(x).square().sum().backward()
+    opt.step()
+    with torch.no_grad():
+        after = conv(x)
+        expected = F.conv2d(x, conv.standardized_weight(), conv.bias, padding=1)
+    assert not torch.allclose(after, before)
+    assert torch.allclose(after, expected, atol=1e-5)
+
 @pytest.mark.parametrize("size", [7, 8, 15, 16])
 @pytest.mark.parametrize("kernel,stride", [(3, 2), (3, 1), (1, 2), (7, 2)])
 def test_same_padding_conv_matches_explicit_pad(size, kernel, stride):

@@ -221,7 +221,26 @@ def test_stochastic_depth_drops_whole_residual_branches_of_nf_blocks():
         block.skip_gain.fill_(1.0)
         x = torch.randn(32, block.conv1.in_channels, 8, 8)
         y = block(x)
-        branch, shortcut = block.branch_and_shortcut(x)  # no randomness inside the branch
+        out, gate, shortcut = block.branch_and_shortcut(x)  # no randomness inside the branch
+        branch = out * gate
     kept = torch.isclose(y, shortcut + block.alpha * branch, atol=1e-6).flatten(1).all(1)
     dropped = torch.equal(y[~kept], shortcut[~kept])
     assert dropped and 4 < kept.sum().item() < 28  # ~half of 32 examples kept
+
+
+def test_se_gate_folded_into_skip_gain_multiply_matches_the_materialised_branch():
+    torch.manual_seed(0)
+    block = create_model("nfnet_tiny", 4).stages[-1][0].eval()
+    with torch.no_grad():
+        block.skip_gain.fill_(0.7)
+        x = torch.randn(4, block.conv1.in_channels, 8, 8)
+        folded = block(x)
+        out, gate, shortcut = block.branch_and_shortcut(x)
+        seen = []
+        handle = block.residual.register_forward_hook(lambda m, i, o: seen.append(o))
+        observed = block(x)
+        handle.remove()
+    assert gate.shape == (4, out.shape[1], 1, 1)
+    assert torch.allclose(seen[0], out * gate)  # a hook on `residual` sees the whole branch
+    assert torch.allclose(folded, shortcut + 0.7 * block.alpha * out * gate, atol=1e-6)
+    assert torch.allclose(observed, folded, atol=1e-6)

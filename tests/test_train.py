@@ -7,7 +7,8 @@ import torch
 
 from normfree.checkpoint import CheckpointError, load_checkpoint
 from normfree.config import preset
-from normfree.train import EMA, TrainingDiverged, lr_at, train, train_step
+from normfree.train import (EMA, TrainingDiverged, load_optimizer_state, lr_at, train,
+                            train_step)
 from normfree.zoo import create_model
 
 
@@ -144,3 +145,24 @@ def test_config_overrides_the_models_regularisation_and_skip_init():
     assert gains and all(g == 1.0 for g in gains)
     default = model_for(preset("debug"), data)
     assert all(m.skip_gain.item() == 0.0 for m in default.modules() if hasattr(m, "skip_gain"))
+
+
+def test_loaded_optimizer_buffers_take_their_parameters_layout():
+    # a fused step reads a contiguous buffer of a channels_last weight in the wrong order
+    def run(saved_format):
+        torch.manual_seed(0)
+        conv = torch.nn.Conv2d(4, 8, 3).to(memory_format=torch.channels_last)
+        optimizer = torch.optim.SGD(conv.parameters(), lr=0.1, momentum=0.9, fused=True)
+        conv.weight.grad = torch.randn_like(conv.weight)
+        conv.bias.grad = torch.randn_like(conv.bias)
+        optimizer.step()
+        state = optimizer.state_dict()
+        buffer = state["state"][0]["momentum_buffer"]
+        state["state"][0]["momentum_buffer"] = buffer.contiguous(memory_format=saved_format)
+        load_optimizer_state(optimizer, state)
+        optimizer.step()
+        return conv.weight.detach().clone(), optimizer.state[conv.weight]["momentum_buffer"]
+    expected, _ = run(torch.channels_last)
+    weight, buffer = run(torch.contiguous_format)
+    assert buffer.stride() == weight.stride()
+    assert torch.equal(weight, expected)
