@@ -167,8 +167,6 @@ def evaluate(model, batches, normalize, cfg, device):
             "loss": loss / count}
 
 
-
-
 class EpochTally:
     """Running sums of one epoch's training metrics (checkpointed mid-epoch)."""
 

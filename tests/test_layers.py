@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from normfree.layers import (ACTIVATIONS, GAMMA, AvgPoolSame, MaxPoolSame, ScaledActivation,
-                             SqueezeExcite, StochasticDepth, WSConv2d, same_padding,
+                             SqueezeExcite, StochasticDepth, WSConv2d, gelu_tanh, same_padding,
                              standardize_weight)
 
 
@@ -220,3 +220,12 @@ def test_stochastic_depth_reference_and_timm():
     assert torch.equal(ref(x), x)
     with pytest.raises(ValueError):
         StochasticDepth(1.0)
+
+
+def test_compiled_gelu_is_the_tanh_gelu_written_with_a_sigmoid():
+    x = torch.linspace(-12.0, 12.0, 4001, dtype=torch.float64)
+    expected = F.gelu(x, approximate="tanh")
+    assert torch.equal(gelu_tanh(x), expected)  # eager: PyTorch's kernel
+    compiled = torch.compile(gelu_tanh, backend="eager", fullgraph=True)(x)
+    assert torch.allclose(compiled, expected, rtol=1e-12, atol=1e-12)
+    assert not torch.equal(compiled, expected)  # the other formula ran (float64 rounding)
