@@ -54,7 +54,7 @@ def gelu_tanh(x):
 
     When compiled it is written as x·sigmoid(2·√(2/π)·(x + 0.044715·x³)), the same function up
     to float rounding (a few ulp): inductor's vectorised exp costs less than its tanh (F0
-    inference compiled with freezing: 0.96× → 1.01× timm's, docs/benchmarks.md)."""
+    inference compiled with freezing: 0.93× → 1.04× timm's, docs/benchmarks.md)."""
     if torch.compiler.is_compiling():
         return x * torch.sigmoid(x * (_GELU_K + _GELU_K * 0.044715 * x * x))
     return F.gelu(x, approximate="tanh")
