@@ -35,6 +35,7 @@ class TrainConfig:
     cutmix_alpha: float = 0.0
     label_smoothing: float = 0.1
     tta_flip: bool = True                    # evaluate on each image and its mirror image
+    eval_every: int = 1                      # validate every N epochs, and after the last
     # optimisation
     epochs: int = 16
     batch_size: int = 128
@@ -62,6 +63,26 @@ class TrainConfig:
     checkpoint_every: int = 0                # also checkpoint every N steps (0: epoch ends only)
     tensorboard: bool = False
     progress: bool = True
+
+    def __post_init__(self):
+        for name, (valid, rule) in _RULES.items():
+            value = getattr(self, name)
+            if value is not None and not valid(value):
+                raise ValueError(f"--{name.replace('_', '-')} must be {rule}, got {value!r}")
+
+
+# Values no run can use, refused when a config is made: field → (check, the rule in words).
+_RULES = {
+    **dict.fromkeys(("epochs", "batch_size", "eval_batch_size", "eval_every", "in_chans",
+                     "image_size", "synthetic_size"), (lambda v: v >= 1, "at least 1")),
+    **dict.fromkeys(("val_size", "crop_padding", "mixup_alpha", "cutmix_alpha", "weight_decay",
+                     "warmup_epochs", "clip_factor", "agc_eps", "threads", "checkpoint_every"),
+                    (lambda v: v >= 0, "0 or more")),
+    **dict.fromkeys(("dropout", "stochastic_depth", "label_smoothing", "momentum", "ema_decay"),
+                    (lambda v: 0 <= v < 1, "in [0, 1)")),
+    "random_erasing": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "lr": (lambda v: v > 0, "positive"),
+}
 
 
 PRESETS = {

@@ -95,15 +95,19 @@ def plot_curves(metrics_csv, out_png):
     import matplotlib.pyplot as plt
 
     rows = read_metrics(metrics_csv)
-    epochs = [r["epoch"] for r in rows]
+
+    def series(key):  # validation may run every few epochs only (--eval-every)
+        points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
+        return tuple(zip(*points)) or ((), ())
+
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_loss.plot(epochs, [r["train_loss"] for r in rows], label="train")
-    ax_loss.plot(epochs, [r["val_loss"] for r in rows], label="val")
+    ax_loss.plot(*series("train_loss"), label="train")
+    ax_loss.plot(*series("val_loss"), label="val")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy",
                 title="Loss (train: augmented, with label smoothing)")
-    ax_acc.plot(epochs, [r["train_acc"] for r in rows], label="train (augmented)")
-    ax_acc.plot(epochs, [r["val_acc"] for r in rows], label="val")
-    ax_acc.plot(epochs, [r["val_acc_ema"] for r in rows], label="val, EMA weights")
+    ax_acc.plot(*series("train_acc"), label="train (augmented)")
+    ax_acc.plot(*series("val_acc"), label="val")
+    ax_acc.plot(*series("val_acc_ema"), label="val, EMA weights")
     ax_acc.set(xlabel="epoch", ylabel="top-1 accuracy (%)", title="Accuracy")
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)

@@ -258,7 +258,6 @@ def _memory_format(cfg):
     return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
-
 def train(cfg: TrainConfig):
     """Train, select raw vs EMA weights on the validation split, report on the test set.
 
@@ -376,9 +375,11 @@ def _train(cfg, procs, device):
                                           "--resume", stopping)
             tally = tally.summed(procs, device)
             if procs.main:
-                val = evaluate(model, data.val, normalize, cfg, device) if data.val else None
+                validate = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+                val = evaluate(model, data.val, normalize, cfg, device) \
+                    if data.val and validate else None
                 val_ema = evaluate(ema.module, data.val, normalize, cfg, device) \
-                    if data.val and ema else None
+                    if data.val and validate and ema else None
                 row = {"epoch": epoch + 1, "step": step, **tally.summary(), "lr": lr,
                        "val_loss": val and val["loss"], "val_acc": val and val["top1"],
                        "val_acc_ema": val_ema and val_ema["top1"]}
@@ -389,7 +390,8 @@ def _train(cfg, procs, device):
                     + f"  {row['img_per_s']:.0f} img/s  lr {lr:.4f}  "
                     f"AGC clipped {100 * row['agc_clipped']:.1f}% of units  "
                     f"({row['epoch_seconds']:.0f}s)", flush=True)
-                selected = select_weights(val, val_ema, ema is not None)
+                if validate:  # the last epoch always is: the final choice is made there
+                    selected = select_weights(val, val_ema, ema is not None)
                 checkpoint(epoch + 1)
                 log.append(row)  # after the checkpoint: a resumed run rewrites rows it redoes
     if not procs.main:

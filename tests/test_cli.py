@@ -26,6 +26,12 @@ def test_unknown_flag_and_bad_value_are_named(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--lr", "fast"])
     assert "--lr" in capsys.readouterr().err
+    for flag, value, rule in [("--epochs", "0", "at least 1"), ("--lr", "-0.1", "positive"),
+                              ("--random-erasing", "1.5", "probability"),
+                              ("--dropout", "1", "[0, 1)"), ("--weight-decay", "-1e-5", "0 or")]:
+        assert main(["train", f"{flag}={value}"]) == 2  # refused before anything is touched
+        err = capsys.readouterr().err
+        assert f"{flag} must be" in err and rule in err and "Traceback" not in err, flag
 
 
 def test_missing_dataset_is_one_clear_line(tmp_path, capsys):

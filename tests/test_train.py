@@ -7,6 +7,7 @@ import torch
 
 from normfree.checkpoint import CheckpointError, load_checkpoint
 from normfree.config import preset
+from normfree.report import read_metrics
 from normfree.train import (EMA, TrainingDiverged, load_optimizer_state, lr_at, train,
                             train_step)
 from normfree.zoo import create_model
@@ -66,6 +67,14 @@ def test_debug_run_writes_artefacts(tmp_path):
         assert (run / name).is_file(), name
     assert 0.0 <= result["test_top1"] <= 100.0 and result["steps"] == 2 * 12
     assert result["test_top1"] > 20.0  # well above chance (10 %) on the synthetic classes
+
+
+def test_validation_every_n_epochs_and_always_after_the_last(tmp_path):
+    result = train(debug(tmp_path, epochs=3, eval_every=2))
+    rows = read_metrics(tmp_path / "run" / "metrics.csv")
+    assert [r["val_acc"] is not None for r in rows] == [False, True, True]
+    assert result["val_top1"] in (rows[-1]["val_acc"], rows[-1]["val_acc_ema"])
+    assert (tmp_path / "run" / "curves.png").is_file()
 
 
 class Interrupted(Exception):
