@@ -130,7 +130,6 @@ def test_ws_inference_cache_follows_weight_changes():
     assert conv.weight.grad is not None and conv.gain.grad is not None
 
 
-
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_ws_inference_cache_expires_with_fused_optimizer_steps(optimizer):
     # fused optimizers write parameters without bumping their version counters
@@ -148,6 +147,7 @@ def test_ws_inference_cache_expires_with_fused_optimizer_steps(optimizer):
         expected = F.conv2d(x, conv.standardized_weight(), conv.bias, padding=1)
     assert not torch.allclose(after, before)
     assert torch.allclose(after, expected, atol=1e-5)
+
 
 @pytest.mark.parametrize("size", [7, 8, 15, 16])
 @pytest.mark.parametrize("kernel,stride", [(3, 2), (3, 1), (1, 2), (7, 2)])
