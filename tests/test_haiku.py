@@ -68,6 +68,14 @@ def f0():
     return randomised("nfnet_f0", 0)
 
 
+@pytest.fixture(scope="module")
+def f0_haiku_file(f0, tmp_path_factory):
+    """F0 as a plain-dict Haiku pickle, written once: it is 273 MB."""
+    path = tmp_path_factory.mktemp("haiku") / "F0_haiku.npz"
+    path.write_bytes(pickle.dumps(to_haiku(f0), protocol=4))
+    return path
+
+
 @pytest.fixture
 def fake_haiku(monkeypatch):
     """Haiku's FlatMapping under its real module path, pickled as a call with one mapping."""
@@ -90,11 +98,14 @@ def test_module_count_matches_spec(f0):
 
 
 @pytest.mark.parametrize("with_flat_mapping", [False, True])
-def test_f0_haiku_file_gives_the_same_logits(f0, tmp_path, with_flat_mapping, request):
-    mapping = request.getfixturevalue("fake_haiku") if with_flat_mapping else dict
-    path = tmp_path / "F0_haiku.npz"
-    path.write_bytes(pickle.dumps(to_haiku(f0, mapping), protocol=4))
-    if with_flat_mapping:  # the loader must not need haiku: drop the stand-in before loading
+def test_f0_haiku_file_gives_the_same_logits(f0, f0_haiku_file, tmp_path, with_flat_mapping,
+                                             request):
+    path = f0_haiku_file
+    if with_flat_mapping:
+        path = tmp_path / "F0_haiku.npz"
+        path.write_bytes(pickle.dumps(to_haiku(f0, request.getfixturevalue("fake_haiku")),
+                                      protocol=4))
+        # the loader must not need haiku: drop the stand-in before loading
         for name in ("haiku", "haiku._src", "haiku._src.data_structures"):
             sys.modules.pop(name)
     model = load_weights(create_model("nfnet_f0"), path).eval()
@@ -104,12 +115,10 @@ def test_f0_haiku_file_gives_the_same_logits(f0, tmp_path, with_flat_mapping, re
     assert ((got - expected).abs().max() / expected.abs().max()).item() <= 1e-6
 
 
-def test_wrong_variant_is_named(f0, tmp_path):
-    path = tmp_path / "F0_haiku.npz"
-    path.write_bytes(pickle.dumps(to_haiku(f0)))
+def test_wrong_variant_is_named(f0_haiku_file):
     model = create_model("nfnet_f1")
     with pytest.raises(CheckpointError, match="nfnet_f0"):
-        load_weights(model, path)
+        load_weights(model, f0_haiku_file)
 
 
 class _Evil:
@@ -207,10 +216,8 @@ def np_ws_conv(x, p, stride=1, groups=1):
     return out + p["bias"]
 
 
-def test_stem_and_first_block_match_numpy_reference(f0, tmp_path):
+def test_stem_and_first_block_match_numpy_reference(f0, f0_haiku_file):
     params = to_haiku(f0)
-    path = tmp_path / "F0_haiku.npz"
-    path.write_bytes(pickle.dumps(params))
     x = np.random.default_rng(0).standard_normal((2, 32, 32, 3))  # NHWC
     h = np_ws_conv(x, params["NFNet/~/stem_conv0"], stride=2)
     h = np_ws_conv(np_gelu(h), params["NFNet/~/stem_conv1"])
@@ -231,7 +238,7 @@ def test_stem_and_first_block_match_numpy_reference(f0, tmp_path):
     skip_gain = params["NFNet/~/nf_block"]["skip_gain"]
     expected_block = out * skip_gain * 0.2 + shortcut
 
-    model = load_weights(create_model("nfnet_f0"), path).eval()  # HWIO file → OIHW model
+    model = load_weights(create_model("nfnet_f0"), f0_haiku_file).eval()  # HWIO → OIHW
     with torch.no_grad():
         t = torch.from_numpy(x.transpose(0, 3, 1, 2)).float()
         got_stem = model.stem(t)
@@ -241,15 +248,13 @@ def test_stem_and_first_block_match_numpy_reference(f0, tmp_path):
         assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-5
 
 
-def test_convert_haiku_to_safetensors(f0, tmp_path):
+def test_convert_haiku_to_safetensors(f0, f0_haiku_file, tmp_path):
     import json
 
     from safetensors import safe_open
 
     from normfree.cli import main
-    src = tmp_path / "F0_haiku.npz"
-    src.write_bytes(pickle.dumps(to_haiku(f0)))
-    assert main(["convert", str(src), str(tmp_path / "f0.safetensors")]) == 0
+    assert main(["convert", str(f0_haiku_file), str(tmp_path / "f0.safetensors")]) == 0
     with safe_open(tmp_path / "f0.safetensors", "pt") as f:
         meta = f.metadata()
     assert meta["model"] == "nfnet_f0" and meta["numerics"] == "deepmind"
