@@ -88,9 +88,11 @@ _RULES = {
 PRESETS = {
     # ~15 min on 2 CPU cores with bf16: no dropout/drop-path (they cost more than they give on
     # a 20-epoch schedule), random erasing instead; skip gains start at 1, since SkipInit's 0
-    # makes this 5-block network learn slowly early on (93.5 → 94.2 % test, seed 0)
+    # makes this 5-block network learn slowly early on (93.5 → 94.2 % test, seed 0).
+    # Validating every 5th epoch (and after the last) keeps the time under 15 min on slower
+    # machines; it does not change the weights.
     "fmnist": dict(dropout=0.0, stochastic_depth=0.0, skip_init=False, random_erasing=0.25,
-                   compile=True, epochs=20),
+                   compile=True, epochs=20, eval_every=5),
     # ~110 min on 2 CPU cores (95.33 % test, seed 0): decay 1e-4 and erasing 0.5 against the
     # overfitting of 5e-5 / 0.25 (95.05 %); 5e-4 shrinks the scale-free weights until AGC clips
     # most units (94.79 %). Validating every 5th epoch leaves the time for 65 epochs.
