@@ -148,6 +148,13 @@ def test_small_variants_end_at_least_4x4_on_28px():
         assert feats.shape[-1] >= 4, name
 
 
+def test_nfnet_s1_stem_sees_28px_at_full_resolution():
+    model = create_model("nfnet_s1", num_classes=10)
+    with torch.no_grad():
+        assert model.stem(torch.randn(1, 1, 28, 28)).shape[-2:] == (28, 28)
+    assert [f["reduction"] for f in model.feature_info] == [2, 2, 4, 8]
+
+
 @pytest.mark.parametrize("order", ["bn_act", "act_bn"])
 def test_bn_twin_shares_topology(order):
     nf = create_model("nf_resnet_s26", num_classes=10)
