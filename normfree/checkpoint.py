@@ -58,6 +58,31 @@ def load_checkpoint(path, map_location="cpu"):
     return state
 
 
+# Config fields that change what a model computes but not its parameter shapes: weights saved
+# with other values would load without complaint and give wrong outputs.
+LAYOUT_FIELDS = ("stem_strides", "strides", "stem_max_pool", "shortcut_avg_pool", "activation")
+
+
+def layout_of(model):
+    """The model's `LAYOUT_FIELDS`, JSON-ready; saved with its weights."""
+    values = {k: getattr(model.cfg, k) for k in LAYOUT_FIELDS if hasattr(model.cfg, k)}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def check_layout(model, saved, source):
+    """Refuse weights saved from another layout of the same variant (`saved` None: a file from
+    before layouts were recorded, or from another library; nothing to check)."""
+    if not saved:
+        return
+    mine = layout_of(model)
+    differ = [f"{k} {saved[k]} (this version: {mine[k]})" for k in mine
+              if k in saved and saved[k] != mine[k]]
+    if differ:
+        raise CheckpointError(f"{source}: weights of a model laid out differently from this "
+                              f"{model.name}: {'; '.join(differ)}. Load them with the normfree "
+                              "version and variant that saved them, or retrain")
+
+
 def save_json(path, values):
     atomic_write(path, lambda f: f.write((json.dumps(values, indent=2) + "\n").encode()))
 
@@ -67,6 +92,7 @@ def export_weights(model, path, metadata):
     from safetensors.torch import save
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    metadata = {**metadata, "layout": layout_of(model)}
     metadata = {"format": "normfree", **{k: v if isinstance(v, str) else json.dumps(v)
                                          for k, v in metadata.items()}}
     atomic_write(path, lambda f: f.write(save(tensors, metadata)))

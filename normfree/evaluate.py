@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import torch
 
-from .checkpoint import load_checkpoint
+from .checkpoint import check_layout, load_checkpoint
 from .config import from_dict
 from .data import Normalize, make_data
 from .runs import model_for
@@ -21,6 +21,7 @@ def evaluate_checkpoint(path, data_dir=None, split="test", device=None):
     data = make_data(cfg)
     model = model_for(cfg, data)
     weights = state["selected"][0] if state.get("selected") else "raw"
+    check_layout(model, state.get("layout"), path)
     model.load_state_dict(state["ema"] if weights == "ema" else state["model"])
     model.to(device)
     result = evaluate(model, getattr(data, split), Normalize(data.mean, data.std).to(device), cfg,

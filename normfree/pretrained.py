@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, check_layout
 from .convert import convert_state_dict, detect_format, infer_variant, load_weights, read_state_dict
 from .data import IMAGENET_MEAN, IMAGENET_STD, DataError, Normalize
 from .folders import (FolderBatches, ImageFiles, flat_samples, folder_samples, image_transform,
@@ -82,7 +82,8 @@ def load_pretrained(path, model_name=None, device=None):
         raise CheckpointError(f"{path}: no stem.conv1 / head.fc weights: not a whole classifier")
     num_classes, in_chans = state["head.fc.weight"].shape[0], state["stem.conv1.weight"].shape[1]
     model = create_model(name, num_classes, numerics=numerics, in_chans=in_chans)
-    load_weights(model, state, "normfree")
+    load_weights(model, state, "normfree")  # first: another variant's shapes say more
+    check_layout(model, meta.get("layout"), path)
     classes = tuple(meta.get("classes") or (IMAGENET_CLASSES if num_classes == 1000 else
                                             (str(i) for i in range(num_classes))))
     if len(classes) != num_classes:

@@ -22,8 +22,8 @@ from tqdm import tqdm
 
 from . import distributed
 from .agc import clip_param_groups_, param_groups
-from .checkpoint import (CheckpointError, export_weights, load_checkpoint, save_checkpoint,
-                         save_json)
+from .checkpoint import (CheckpointError, check_layout, export_weights, layout_of,
+                         load_checkpoint, save_checkpoint, save_json)
 from .config import TrainConfig, to_dict
 from .data import Normalize, make_data
 from .report import MetricsLog, machine_info, plot_curves
@@ -310,6 +310,7 @@ def _train(cfg, procs, device):
         if resumable_config(cfg, state["config"]) != cfg:
             raise CheckpointError(f"{out / 'checkpoint.pt'} was written with another config; "
                                   "resume with the same flags")
+        check_layout(model, state.get("layout"), out / "checkpoint.pt")
         model.load_state_dict(state["model"])
         load_optimizer_state(optimizer, state["optimizer"])
         if ema is not None:
@@ -332,7 +333,8 @@ def _train(cfg, procs, device):
                 "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                 "ema": ema.module.state_dict() if ema else None, "step": step, "epoch": epoch,
                 "tally": tally and tally.state(), "rng": rng, "selected": selected,
-                "config": to_dict(cfg), "model_name": cfg.model, "classes": list(data.classes)})
+                "config": to_dict(cfg), "model_name": cfg.model, "layout": layout_of(model),
+                "classes": list(data.classes)})
 
     with StopOnSignal() as stop:
         for epoch in range(start_epoch, cfg.epochs):

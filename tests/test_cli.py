@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from normfree import create_model
+from normfree.checkpoint import load_checkpoint, save_checkpoint
 from normfree.cli import main
 
 
@@ -17,6 +18,14 @@ def test_train_debug_and_eval_in_process(tmp_path, capsys):
                  str(tmp_path / "eval.json")]) == 0
     evaluated = json.loads((tmp_path / "eval.json").read_text())
     assert evaluated["top1"] == pytest.approx(result["test_top1"])
+    # weights from another layout of the variant (same shapes) are refused, not mis-evaluated
+    state = load_checkpoint(out / "checkpoint.pt")
+    assert state["layout"]["stem_strides"] == [2, 1]
+    state["layout"]["stem_strides"] = [1, 1]
+    save_checkpoint(out / "checkpoint.pt", state)
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(out / "checkpoint.pt")]) == 2
+    assert "stem_strides [1, 1] (this version: [2, 1])" in capsys.readouterr().err
 
 
 def test_unknown_flag_and_bad_value_are_named(capsys):

@@ -1,6 +1,8 @@
 """Released/exported weights as models: folding, features, loading with metadata, reference
 preprocessing, folder evaluation, prediction, and the bad inputs around them."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -193,3 +195,13 @@ def test_onnx_export_matches_pytorch(name, size, tmp_path):
     with torch.no_grad():
         assert relative_error(torch.from_numpy(logits), model(x)) < 1e-4
     assert any(isinstance(m, WSConv2d) for m in model.modules())  # the caller's model unfolded
+
+
+def test_load_pretrained_refuses_weights_of_another_layout(tmp_path):
+    model = create_model("nfnet_tiny", 3)
+    export_weights(model, tmp_path / "same.safetensors", {"model": "nfnet_tiny"})
+    model.cfg = replace(model.cfg, strides=(2, 2))  # as saved by a version with other strides
+    export_weights(model, tmp_path / "other.safetensors", {"model": "nfnet_tiny"})
+    with pytest.raises(CheckpointError, match=r"strides \[2, 2\] \(this version: \[1, 2\]\)"):
+        load_pretrained(tmp_path / "other.safetensors", device="cpu")
+    assert load_pretrained(tmp_path / "same.safetensors", device="cpu").name == "nfnet_tiny"
