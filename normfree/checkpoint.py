@@ -92,7 +92,6 @@ def export_weights(model, path, metadata):
     from safetensors.torch import save
 
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    metadata = {**metadata, "layout": layout_of(model)}
-    metadata = {"format": "normfree", **{k: v if isinstance(v, str) else json.dumps(v)
-                                         for k, v in metadata.items()}}
+    metadata = {"format": "normfree", **metadata, "layout": layout_of(model)}
+    metadata = {k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()}
     atomic_write(path, lambda f: f.write(save(tensors, metadata)))

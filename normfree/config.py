@@ -95,9 +95,9 @@ PRESETS = {
                    compile=True, epochs=20, eval_every=5),
     # ~112 min on 2 CPU cores (95.55 % test, seed 0, with nfnet_s1's full-resolution stem;
     # 95.33 / 95.24 % for seeds 0 / 1 before it): decay 1e-4 and erasing 0.5 against the
-    # overfitting of 5e-5 / 0.25 (95.05 %); 5e-4 shrinks the scale-free weights
-    # until AGC clips most units (94.79 %); dropout 0.25 / drop-path 0.2 tie on test, lose on
-    # validation. Validating every 5th epoch leaves the time for 65 epochs.
+    # overfitting of 5e-5 / 0.25 (95.05 %); 5e-4 shrinks the scale-free weights until AGC clips
+    # most units (94.79 %); dropout 0.25 / drop-path 0.2 tie on test, lose on validation.
+    # Validating every 5th epoch leaves the time for 65 epochs.
     "fmnist-long": dict(model="nfnet_s1", epochs=65, random_erasing=0.5, weight_decay=1e-4,
                         ema_decay=0.9995, eval_every=5, compile=True),
     # SPEC §11's fine-tuning recipe (warm-up, cosine, wd 1e-5, dropout 0.25, drop-path 0.1,
