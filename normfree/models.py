@@ -439,7 +439,8 @@ VARIANTS = {
     "nf_regnet_b5": _nf_regnet((80, 168, 336, 704), (3, 7, 14, 14), 384, 456, 0.4),
     "nfnet_s0": NFConfig(depths=(1, 1, 2, 1), widths=(64, 128, 256, 256), **_SMALL),
     # The stem keeps 28 px and the first block halves it: its two 3×3 convs see every pixel
-    # for ~2-3 % more time per step; fmnist-long seed 0: 95.33 → 95.55 % test (docs/results.md).
+    # for ~2-3 % more time per step; fmnist-long: 95.29 → 95.59 % test, mean of two seeds
+    # (docs/results.md).
     "nfnet_s1": NFConfig(depths=(1, 2, 3, 2), widths=(96, 192, 384, 384),
                          **{**_SMALL, "stem_strides": (1, 1), "strides": (2, 1, 2, 2)}),
     "nf_resnet_s26": replace(NF_RESNET, depths=(2, 2, 2, 2), widths=(64, 128, 256, 512),
