@@ -10,7 +10,7 @@ import signal
 import sys
 
 from .checkpoint import CheckpointError, save_json
-from .config import PRESETS, add_config_flags, config_from_args
+from .config import DEFAULT_PRESET, PRESETS, add_config_flags, config_from_args
 from .data import DataError
 from .train import TrainingDiverged, TrainingStopped
 
@@ -184,7 +184,8 @@ def build_parser():
 
     p = commands.add_parser("train", help="train a model (default: Fashion-MNIST preset)",
                             description="Train a model. Flags override the preset's values.")
-    p.add_argument("--preset", default="fmnist", choices=list(PRESETS))
+    p.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
+                   help="named set of values the other flags override (default: %(default)s)")
     p.add_argument("--nproc", type=int, default=1,
                    help="data-parallel processes on this machine (runs torchrun; the batch size "
                         "stays the global batch)")
@@ -210,7 +211,7 @@ def build_parser():
     p.add_argument("--model", default=None, help="variant name; default: from the weights")
     p.add_argument("--image-size", type=int, default=None,
                    help="crop size S; default: the variant's test size")
-    p.add_argument("--batch-size", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=50, help="default: %(default)s")
     p.add_argument("--bad-images", default="skip", choices=["skip", "stop"],
                    help="unreadable images: skip them (counted) or stop")
     p.add_argument("--split", default="test", choices=["val", "test"],
@@ -222,7 +223,7 @@ def build_parser():
     p.add_argument("images", nargs="+", help="image files")
     p.add_argument("--weights", required=True, help="Haiku, timm or normfree weights")
     p.add_argument("--model", default=None, help="variant name; default: from the weights")
-    p.add_argument("--top", type=int, default=5)
+    p.add_argument("--top", type=int, default=5, help="classes per image (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=None, help="default: the weights' size")
     p.add_argument("--json", default=None, help="also write the predictions to this file")
     p.set_defaults(fn=cmd_predict)
@@ -237,13 +238,16 @@ def build_parser():
     p.set_defaults(fn=cmd_export)
 
     p = commands.add_parser("bench", help="train-step and inference throughput of a model")
-    p.add_argument("--model", default="nfnet_s0")
+    p.add_argument("--model", default="nfnet_s0", help="variant (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=None, help="default: the model's train size")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--in-chans", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=16, help="default: %(default)s")
+    p.add_argument("--in-chans", type=int, default=None, help="default: the model's")
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                   help="channels-last memory format (default: on)")
+    p.add_argument("--repeats", type=int, default=10,
+                   help="timed calls after 3 warm-ups; median, min and max reported "
+                        "(default: %(default)s)")
     p.add_argument("--grad-checkpointing", action="store_true",
                    help="recompute stage activations in backward")
     p.add_argument("--memory", action="store_true",
@@ -259,34 +263,39 @@ def build_parser():
     p = commands.add_parser("spp", help="signal-propagation plots of the ICLR paper's networks",
                             description="BN-ReLU and ReLU-BN ResNets, NF-ResNets without and "
                                         "with Scaled WS (skip gain 1), at initialisation.")
-    p.add_argument("--depth", type=int, default=600, choices=[26, 50, 101, 152, 200, 288, 600])
-    p.add_argument("--image-size", type=int, default=64)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--depth", type=int, default=600, choices=[26, 50, 101, 152, 200, 288, 600],
+                   help="ResNet depth (default: %(default)s)")
+    p.add_argument("--image-size", type=int, default=64, help="default: %(default)s")
+    p.add_argument("--batch-size", type=int, default=8,
+                   help="random images the statistics average over (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
     p.add_argument("--out", default="docs/figures/spp", help="path stem for .csv and .png")
     p.set_defaults(fn=cmd_spp)
 
     p = commands.add_parser("study-agc", help="AGC stability grid: batch × learning rate × "
                                               "clip factor on Fashion-MNIST (CSV and figure)")
-    p.add_argument("--batch-sizes", type=number_list(int), default=[128, 512, 2048])
+    p.add_argument("--batch-sizes", type=number_list(int), default=[128, 512, 2048],
+                   help="comma-separated (default: 128,512,2048)")
     p.add_argument("--lrs", type=number_list(float), default=[0.1, 0.4, 1.6],
                    help="learning rates per 256 images (scaled linearly with the batch)")
     p.add_argument("--clip-factors", type=number_list(float), default=[0.0, 0.01, 0.04, 0.16],
                    help="AGC λ values; 0 trains without AGC")
     p.add_argument("--epochs", type=int, default=2, help="training budget of each cell")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files; default: "
+                   "/usr/share/datasets/fashion-mnist")
     p.add_argument("--out", default="docs/figures/agc_study", help="path stem for .csv and .png")
     p.set_defaults(fn=cmd_study_agc)
 
     p = commands.add_parser("study-bn", help="NF model against its batch-norm twin on "
                                              "Fashion-MNIST, same recipe (CSV and figure)")
     p.add_argument("--model", default="nfnet_s0", help="NF model; its twin is <name>_bn")
-    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--epochs", type=int, default=5, help="default: %(default)s")
     p.add_argument("--batch-size", type=int, default=128,
                    help="the learning rate scales linearly from the preset's (0.2 at 128)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--data-dir", default=None)
+    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files; default: "
+                   "/usr/share/datasets/fashion-mnist")
     p.add_argument("--out", default="docs/figures/nf_vs_bn", help="path stem for .csv and .png")
     p.set_defaults(fn=cmd_study_bn)
 

@@ -3,66 +3,79 @@
 import argparse
 import dataclasses
 import typing
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Optional
+
+
+def _flag(default, help=None):
+    """A field whose `help` is shown by its generated command-line flag."""
+    return field(default=default, metadata={"help": help})
 
 
 @dataclass
 class TrainConfig:
     # model
-    model: Optional[str] = "nfnet_s0"        # None: the variant --init-from holds
-    numerics: Optional[str] = None           # deepmind | timm; None: --init-from's, else deepmind
-    dropout: Optional[float] = None          # None: the model's own
-    stochastic_depth: Optional[float] = None  # None: the model's own
-    skip_init: Optional[bool] = None         # skip gains start at 0 (SkipInit); None: the model's
-    init_from: Optional[str] = None          # weights to fine-tune (classifier replaced if the
-                                             # classes differ): Haiku, timm or normfree file
-    freeze: Optional[str] = None             # modules kept fixed, e.g. "stem,stages.0"
+    model: Optional[str] = _flag("nfnet_s0", "variant name (normfree list); none: the variant "
+                                 "--init-from holds")
+    numerics: Optional[str] = _flag(None, "deepmind | timm; none: --init-from's, else deepmind")
+    dropout: Optional[float] = _flag(None, "before the classifier; none: the model's own")
+    stochastic_depth: Optional[float] = _flag(None, "drop-path rate, rising linearly from 0 "
+                                              "over the blocks; none: the model's own")
+    skip_init: Optional[bool] = _flag(None, "skip gains start at 0 (SkipInit); none: the "
+                                      "model's own")
+    init_from: Optional[str] = _flag(None, "weights to fine-tune (Haiku, timm or normfree file; "
+                                     "the classifier is replaced if the classes differ)")
+    freeze: Optional[str] = _flag(None, "modules kept fixed, e.g. stem,stages.0")
     # data
-    dataset: str = "fashion-mnist"           # fashion-mnist | folder | synthetic
-    data_dir: Optional[str] = None           # None: /usr/share/datasets/fashion-mnist
-    val_size: int = 5000                     # held out of the training set for model selection
-    image_size: Optional[int] = 28           # folder/synthetic data; None: the model's train size
-    in_chans: int = 3                        # for synthetic data
-    synthetic_size: int = 2048
-    bad_images: str = "skip"                 # unreadable files in a folder: skip | stop
+    dataset: str = _flag("fashion-mnist", "fashion-mnist | folder | synthetic")
+    data_dir: Optional[str] = _flag(None, "none: /usr/share/datasets/fashion-mnist; folder: a "
+                                    "directory with train/ (optionally val/, test/) class "
+                                    "folders")
+    val_size: int = _flag(5000, "images held out of the training set for model selection")
+    image_size: Optional[int] = _flag(28, "folder and synthetic data; none: the model's train "
+                                      "size")
+    in_chans: int = _flag(3, "channels of synthetic images")
+    synthetic_size: int = _flag(2048, "images in the synthetic training set")
+    bad_images: str = _flag("skip", "unreadable files in a folder: skip | stop")
     # augmentation
-    crop_padding: int = 2                    # random crop after zero-padding by this much
-    flip: bool = True
-    randaugment: Optional[tuple] = None      # (layers, magnitude)
-    random_erasing: float = 0.0              # probability
-    mixup_alpha: float = 0.0                 # MixUp on half the batch, CutMix on the other
-    cutmix_alpha: float = 0.0
-    label_smoothing: float = 0.1
-    tta_flip: bool = True                    # evaluate on each image and its mirror image
-    eval_every: int = 1                      # validate every N epochs, and after the last
+    crop_padding: int = _flag(2, "random crop after zero-padding by this many pixels")
+    flip: bool = _flag(True, "random horizontal flips")
+    randaugment: Optional[tuple] = _flag(None, "LAYERS,MAGNITUDE, e.g. 4,5")
+    random_erasing: float = _flag(0.0, "probability of erasing a random rectangle")
+    mixup_alpha: float = _flag(0.0, "MixUp on half of each batch (CutMix on the other)")
+    cutmix_alpha: float = _flag(0.0, "CutMix on half of each batch (MixUp on the other)")
+    label_smoothing: float = _flag(0.1)
+    tta_flip: bool = _flag(True, "evaluate on each image and its mirror image")
+    eval_every: int = _flag(1, "validate every N epochs, and after the last")
     # optimisation
-    epochs: int = 16
-    batch_size: int = 128
-    eval_batch_size: int = 500
-    optimizer: str = "sgd"                   # sgd (Nesterov) | adamw
-    lr: float = 0.2
-    momentum: float = 0.9
-    weight_decay: float = 5e-5               # coupled for SGD, decoupled for AdamW
-    warmup_epochs: float = 1.0
-    clip_factor: float = 0.04                # AGC λ; 0 turns AGC off
-    agc_eps: float = 1e-3
-    ema_decay: float = 0.999                 # 0 turns the EMA off
+    epochs: int = _flag(16)
+    batch_size: int = _flag(128, "global batch, over all processes")
+    eval_batch_size: int = _flag(500)
+    optimizer: str = _flag("sgd", "sgd (Nesterov) | adamw")
+    lr: float = _flag(0.2, "peak learning rate, after the linear warm-up")
+    momentum: float = _flag(0.9, "SGD momentum")
+    weight_decay: float = _flag(5e-5, "on weights only; coupled for SGD, decoupled for AdamW")
+    warmup_epochs: float = _flag(1.0)
+    clip_factor: float = _flag(0.04, "AGC λ; 0 turns AGC off")
+    agc_eps: float = _flag(1e-3, "AGC ε: the smallest weight norm a unit's clip uses")
+    ema_decay: float = _flag(0.999, "largest EMA decay of the weights; 0 turns the EMA off")
     # execution
-    seed: int = 0
-    device: Optional[str] = None             # None: cuda if available, else cpu
-    bf16: Optional[bool] = None              # bfloat16 autocast; None: where the hardware has it
-    channels_last: bool = True
-    grad_checkpointing: bool = False         # recompute stage activations in backward
-    compile: bool = False                    # torch.compile the training forward/backward
-    threads: int = 0                         # 0: all cores
-    workers: Optional[int] = None            # image-decoding processes for folder data;
-                                             # None: min(4, cores)
-    out_dir: Optional[str] = None            # None: runs/<model>-<time>
-    resume: bool = False
-    checkpoint_every: int = 0                # also checkpoint every N steps (0: epoch ends only)
-    tensorboard: bool = False
-    progress: bool = True
+    seed: int = _flag(0)
+    device: Optional[str] = _flag(None, "none: cuda if available, else cpu")
+    bf16: Optional[bool] = _flag(None, "bfloat16 autocast; none: where the hardware has it")
+    channels_last: bool = _flag(True)
+    grad_checkpointing: bool = _flag(False, "recompute stage activations in backward")
+    compile: bool = _flag(False, "torch.compile the training forward/backward")
+    threads: int = _flag(0, "CPU threads; 0: all cores")
+    workers: Optional[int] = _flag(None, "image-decoding processes for folder data; none: "
+                                   "min(4, cores)")
+    out_dir: Optional[str] = _flag(None, "none: runs/<model>-<time>")
+    resume: bool = _flag(False, "continue the run in --out-dir from its last checkpoint, or "
+                         "start it")
+    checkpoint_every: int = _flag(0, "also checkpoint every N steps; 0: at epoch ends only")
+    tensorboard: bool = _flag(False, "also write TensorBoard scalars (pip install "
+                              "normfree[tensorboard])")
+    progress: bool = _flag(True, "progress bar per epoch")
 
     def __post_init__(self):
         for name, (valid, rule) in _RULES.items():
@@ -85,6 +98,7 @@ _RULES = {
 }
 
 
+DEFAULT_PRESET = "fmnist"  # what `normfree train` and `make train` run
 PRESETS = {
     # ~13 min on 2 CPU cores with bf16: no dropout/drop-path (they cost more than they give on
     # a 20-epoch schedule), random erasing instead; skip gains start at 1, since SkipInit's 0
@@ -151,18 +165,24 @@ def _parser_for(annotation, name):
 
 
 def add_config_flags(parser):
-    """One flag per `TrainConfig` field; an absent flag leaves the preset's value."""
+    """One flag per `TrainConfig` field; an absent flag leaves the preset's value. The help
+    shows the default preset's values, the ones a run without --preset uses."""
     hints = typing.get_type_hints(TrainConfig)
+    shown = preset(DEFAULT_PRESET)
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
+        value = getattr(shown, f.name)
+        value = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        help = " ".join(filter(None, [f.metadata["help"], f"({DEFAULT_PRESET}: "
+                                      f"{'none' if value is None else value})"]))
         if _base_type(hints[f.name]) is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=f"(default {f.default})")
+                                default=argparse.SUPPRESS, help=help)
         else:
             parser.add_argument(flag, dest=f.name, type=_parser_for(hints[f.name], flag[2:]),
                                 default=argparse.SUPPRESS,
                                 metavar=_base_type(hints[f.name]).__name__.upper(),
-                                help=f"(default {f.default})")
+                                help=help)
 
 
 def config_from_args(args):

@@ -1,4 +1,5 @@
 import json
+from dataclasses import fields
 
 import pytest
 import torch
@@ -6,6 +7,7 @@ import torch
 from normfree import create_model
 from normfree.checkpoint import load_checkpoint, save_checkpoint
 from normfree.cli import main
+from normfree.config import TrainConfig
 
 
 def test_train_debug_and_eval_in_process(tmp_path, capsys):
@@ -41,6 +43,18 @@ def test_unknown_flag_and_bad_value_are_named(capsys):
         assert main(["train", f"{flag}={value}"]) == 2  # refused before anything is touched
         err = capsys.readouterr().err
         assert f"{flag} must be" in err and rule in err and "Traceback" not in err, flag
+
+
+def test_train_help_documents_every_flag_with_the_default_presets_value(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # undo argparse's line wrapping
+    for f in fields(TrainConfig):
+        assert "--" + f.name.replace("_", "-") in text, f.name
+    assert text.count("(fmnist: ") == len(fields(TrainConfig))
+    assert "--epochs INT (fmnist: 20)" in text  # the preset's value, not TrainConfig's 16
+    assert "AGC λ; 0 turns AGC off (fmnist: 0.04)" in text
+    assert "(fmnist: 5e-05)" in text and "(fmnist: none)" in text
 
 
 def test_missing_dataset_is_one_clear_line(tmp_path, capsys):
