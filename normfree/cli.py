@@ -11,7 +11,7 @@ import sys
 
 from .checkpoint import CheckpointError, save_json
 from .config import DEFAULT_PRESET, PRESETS, add_config_flags, config_from_args
-from .data import DataError
+from .data import FMNIST_DIR, DataError
 from .train import TrainingDiverged, TrainingStopped
 
 
@@ -282,8 +282,8 @@ def build_parser():
                    help="AGC λ values; 0 trains without AGC")
     p.add_argument("--epochs", type=int, default=2, help="training budget of each cell")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files; default: "
-                   "/usr/share/datasets/fashion-mnist")
+    p.add_argument("--data-dir", default=None,
+                   help=f"Fashion-MNIST IDX files; default: {FMNIST_DIR}")
     p.add_argument("--out", default="docs/figures/agc_study", help="path stem for .csv and .png")
     p.set_defaults(fn=cmd_study_agc)
 
@@ -294,8 +294,8 @@ def build_parser():
     p.add_argument("--batch-size", type=int, default=128,
                    help="the learning rate scales linearly from the preset's (0.2 at 128)")
     p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
-    p.add_argument("--data-dir", default=None, help="Fashion-MNIST IDX files; default: "
-                   "/usr/share/datasets/fashion-mnist")
+    p.add_argument("--data-dir", default=None,
+                   help=f"Fashion-MNIST IDX files; default: {FMNIST_DIR}")
     p.add_argument("--out", default="docs/figures/nf_vs_bn", help="path stem for .csv and .png")
     p.set_defaults(fn=cmd_study_bn)
 

@@ -6,6 +6,8 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
+from .data import FMNIST_DIR
+
 
 def _flag(default, help=None):
     """A field whose `help` is shown by its generated command-line flag."""
@@ -28,9 +30,8 @@ class TrainConfig:
     freeze: Optional[str] = _flag(None, "modules kept fixed, e.g. stem,stages.0")
     # data
     dataset: str = _flag("fashion-mnist", "fashion-mnist | folder | synthetic")
-    data_dir: Optional[str] = _flag(None, "none: /usr/share/datasets/fashion-mnist; folder: a "
-                                    "directory with train/ (optionally val/, test/) class "
-                                    "folders")
+    data_dir: Optional[str] = _flag(None, f"none: {FMNIST_DIR}; folder: a directory with "
+                                    "train/ (optionally val/, test/) class folders")
     val_size: int = _flag(5000, "images held out of the training set for model selection")
     image_size: Optional[int] = _flag(28, "folder and synthetic data; none: the model's train "
                                       "size")
