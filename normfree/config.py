@@ -9,9 +9,9 @@ from typing import Optional
 from .data import FMNIST_DIR
 
 
-def _flag(default, help=None):
-    """A field whose `help` is shown by its generated command-line flag."""
-    return field(default=default, metadata={"help": help})
+def _flag(default, description=None):
+    """A field whose `description` is shown by its generated command-line flag."""
+    return field(default=default, metadata={"description": description})
 
 
 @dataclass
@@ -174,16 +174,16 @@ def add_config_flags(parser):
         flag = "--" + f.name.replace("_", "-")
         value = getattr(shown, f.name)
         value = ",".join(map(str, value)) if isinstance(value, tuple) else value
-        help = " ".join(filter(None, [f.metadata["help"], f"({DEFAULT_PRESET}: "
+        text = " ".join(filter(None, [f.metadata["description"], f"({DEFAULT_PRESET}: "
                                       f"{'none' if value is None else value})"]))
         if _base_type(hints[f.name]) is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
-                                default=argparse.SUPPRESS, help=help)
+                                default=argparse.SUPPRESS, help=text)
         else:
             parser.add_argument(flag, dest=f.name, type=_parser_for(hints[f.name], flag[2:]),
                                 default=argparse.SUPPRESS,
                                 metavar=_base_type(hints[f.name]).__name__.upper(),
-                                help=help)
+                                help=text)
 
 
 def config_from_args(args):
