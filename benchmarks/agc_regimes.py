@@ -8,8 +8,8 @@ import torch
 from timm.utils.agc import adaptive_clip_grad
 
 import normfree
-from normfree.agc import adaptive_clip_grad_
-from normfree.bench import time_calls
+from normfree.training.agc import adaptive_clip_grad_
+from normfree.analysis.bench import time_calls
 
 
 def compare(params, scale):

@@ -5,7 +5,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import normfree
-from normfree.bench import make_train_step
+from normfree.analysis.bench import make_train_step
 
 GROUPS = {"conv": ("convolution",), "norm (BN or WS)": ("batch_norm", "_StandardizeWeight"),
           "activation": ("silu", "gelu", "relu"), "copy/convert": ("copy_", "_to_copy")}

@@ -1,24 +1,35 @@
 """`normfree <command>`: a thin map from subcommands to library functions.
 
-Errors the user can fix (bad flags, missing data, bad checkpoints) print one line and exit 2.
+Errors the user can fix (normfree's own error types: bad flags, missing data, bad checkpoints)
+print one line and exit 2; anything else is a bug and shows its traceback.
 """
 
 import argparse
 import json
 import os
-import signal
 import sys
+from dataclasses import replace
+from pathlib import Path
 
-from .checkpoint import CheckpointError, save_json
-from .config import DEFAULT_PRESET, PRESETS, add_config_flags, config_from_args
-from .data import FMNIST_DIR, DataError
-from .train import TrainingDiverged, TrainingStopped
+import torch
+
+from .analysis.bench import bench, ceiling, train_peak_memory
+from .analysis.spp import paper_comparison, plot, write_curves_csv
+from .analysis.studies import agc_study, default_base, nf_vs_bn, plot_agc_study, plot_nf_vs_bn
+from .data.fashion_mnist import FMNIST_DIR
+from .errors import ConfigError, NormfreeError
+from .files import save_json
+from .nn.variants import count_macs, count_params, create_model, list_models
+from .training.config import DEFAULT_PRESET, PRESETS, add_config_flags, config_from_args
+from .training.distributed import launch
+from .training.loop import train
+from .training.runs import evaluate_checkpoint
+from .training.signals import TrainingStopped
+from .weights.deploy import export_onnx
+from .weights.pretrained import convert_file, load_pretrained, predict
 
 
 def cmd_list(args):
-    import torch
-
-    from .zoo import count_macs, count_params, create_model, list_models
     print(f"{'model':<20} {'params':>14} {'GMACs':>8} {'test px':>8}")
     for name in list_models():
         with torch.device("meta"):
@@ -30,12 +41,10 @@ def cmd_list(args):
 def cmd_train(args):
     config = config_from_args(args)  # flags are checked before any process starts
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
-        from .distributed import launch
         if config.batch_size % args.nproc:
-            raise ValueError(f"--batch-size {config.batch_size} (the global batch) must divide "
+            raise ConfigError(f"--batch-size {config.batch_size} (the global batch) must divide "
                              f"evenly over {args.nproc} processes")
         return launch(args.nproc, without_flag(args.argv, "--nproc"))
-    from .train import train
     train(config)
 
 
@@ -54,18 +63,16 @@ def without_flag(argv, flag):
 
 def cmd_eval(args):
     if (args.checkpoint is None) == (args.weights is None):
-        raise ValueError("give either --checkpoint (a training run) or --weights with --data")
+        raise ConfigError("give either --checkpoint (a training run) or --weights with --data")
     if args.weights is not None:
-        from .pretrained import evaluate_folder, load_pretrained
         if args.data is None:
-            raise ValueError("--weights needs --data DIR (an ImageFolder tree, or a flat folder "
+            raise ConfigError("--weights needs --data DIR (an ImageFolder tree, or a flat folder "
                              "with --labels FILE)")
         pretrained = load_pretrained(args.weights, args.model)
-        result = evaluate_folder(pretrained, args.data, args.labels, args.image_size,
-                                 args.batch_size, args.bad_images)
+        result = pretrained.evaluate_folder(args.data, args.labels, args.image_size,
+                                            args.batch_size, args.bad_images)
         result["weights"] = str(args.weights)
     else:
-        from .evaluate import evaluate_checkpoint
         result = evaluate_checkpoint(args.checkpoint, data_dir=args.data, split=args.split)
     print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  ({result['images']} "
           f"images" + (f", {result['skipped']} unreadable skipped" if result.get("skipped")
@@ -75,7 +82,6 @@ def cmd_eval(args):
 
 
 def cmd_predict(args):
-    from .pretrained import load_pretrained, predict
     pretrained = load_pretrained(args.weights, args.model)
     results = predict(pretrained, args.images, args.top, args.image_size)
     for path, top in zip(args.images, results):
@@ -88,8 +94,6 @@ def cmd_predict(args):
 
 
 def cmd_export(args):
-    from .deploy import export_onnx
-    from .pretrained import load_pretrained
     pretrained = load_pretrained(args.weights, args.model, device="cpu")
     size = args.image_size or pretrained.preprocessing["crop"]
     error = export_onnx(pretrained.model, args.onnx, size)
@@ -98,7 +102,6 @@ def cmd_export(args):
 
 
 def cmd_bench(args):
-    from .bench import bench, ceiling, train_peak_memory
     if args.memory:
         record = train_peak_memory(args.model, args.image_size or 192, args.batch_size,
                                    args.grad_checkpointing)
@@ -115,13 +118,10 @@ def cmd_bench(args):
 
 
 def cmd_spp(args):
-    from pathlib import Path
-
-    from .spp import paper_comparison, plot, write_csv
     curves = paper_comparison(args.depth, args.image_size, args.batch_size, args.seed)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_csv(curves, out.with_suffix(".csv"))
+    write_curves_csv(curves, out.with_suffix(".csv"))
     plot(curves, out.with_suffix(".png"),
          title=f"Signal propagation at initialisation, {args.depth}-layer ResNets, "
                f"N(0,1) input {args.batch_size}×3×{args.image_size}²")
@@ -129,10 +129,6 @@ def cmd_spp(args):
 
 
 def cmd_study_agc(args):
-    from dataclasses import replace
-    from pathlib import Path
-
-    from .studies import agc_study, default_base, plot_agc_study
     base = replace(default_base(args.epochs), seed=args.seed, data_dir=args.data_dir)
     out = Path(args.out)
     rows = agc_study(base, args.batch_sizes, args.lrs, args.clip_factors, out.with_suffix(".csv"))
@@ -143,10 +139,6 @@ def cmd_study_agc(args):
 
 
 def cmd_study_bn(args):
-    from dataclasses import replace
-    from pathlib import Path
-
-    from .studies import default_base, nf_vs_bn, plot_nf_vs_bn
     base = default_base(args.epochs)
     base = replace(base, model=args.model, seed=args.seed, data_dir=args.data_dir,
                    batch_size=args.batch_size, lr=base.lr * args.batch_size / base.batch_size)
@@ -169,7 +161,6 @@ def number_list(kind):
 
 
 def cmd_convert(args):
-    from .convert import convert_file
     meta = convert_file(args.src, args.dst, args.model)
     print(f"wrote {args.dst}: {meta['model']} ({meta['numerics']} numerics) from "
           f"{meta['source_format']} file {meta['source']}")
@@ -313,13 +304,12 @@ def main(argv=None):
     args.argv = argv
     try:
         code = args.fn(args)
-    except (DataError, CheckpointError, FileExistsError, ValueError, TrainingDiverged,
-            ImportError) as e:
+    except NormfreeError as e:
         print(f"normfree {args.command}: error: {e}", file=sys.stderr)
         return 2
     except TrainingStopped as e:
         print(f"normfree {args.command}: {e}", file=sys.stderr)
-        return 128 + signal.Signals[e.signal].value
+        return 128 + e.signal
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

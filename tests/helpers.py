@@ -2,7 +2,8 @@
 
 import time
 
-from normfree.checkpoint import CheckpointError, load_checkpoint
+from normfree.errors import CheckpointError
+from normfree.training.checkpoints import load_checkpoint
 
 
 def wait_for_checkpoint(process, path, at_step, timeout=300):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from normfree import adaptive_clip_grad_, create_model, param_groups
-from normfree.agc import classifier_name, clip_param_groups_
+from normfree.training.agc import classifier_name, clip_param_groups_
 
 
 def param(value, grad):

@@ -1,13 +1,17 @@
 import json
+import sys
 from dataclasses import fields
 
 import pytest
 import torch
 
+import normfree.cli
 from normfree import create_model
-from normfree.checkpoint import load_checkpoint, save_checkpoint
 from normfree.cli import main
-from normfree.config import TrainConfig
+from normfree.errors import ConfigError, MissingDependency
+from normfree.training.checkpoints import load_checkpoint, save_checkpoint
+from normfree.training.config import TrainConfig
+from normfree.training.logs import MetricsLog
 
 
 def test_train_debug_and_eval_in_process(tmp_path, capsys):
@@ -43,6 +47,37 @@ def test_unknown_flag_and_bad_value_are_named(capsys):
         assert main(["train", f"{flag}={value}"]) == 2  # refused before anything is touched
         err = capsys.readouterr().err
         assert f"{flag} must be" in err and rule in err and "Traceback" not in err, flag
+
+
+@pytest.mark.parametrize("field,value,allowed", [
+    ("optimizer", "adam", "sgd, adamw"), ("dataset", "cifar", "fashion-mnist, folder, synthetic"),
+    ("numerics", "jax", "deepmind, timm"), ("bad_images", "ignore", "skip, stop"),
+    ("model", "nfnet_f9", "nfnet_f0, nfnet_f1"), ("lr", float("inf"), "finite")])
+def test_config_refuses_unknown_choices_naming_flag_and_values(field, value, allowed):
+    with pytest.raises(ConfigError) as error:
+        TrainConfig(**{field: value})
+    message = str(error.value)
+    assert message.startswith("--" + field.replace("_", "-")) and allowed in message
+
+
+def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, capsys):
+    def user_error(args):
+        raise ConfigError("--thing must be one of a, b")
+
+    def bug(args):
+        raise ValueError("an internal inconsistency")
+    monkeypatch.setattr(normfree.cli, "cmd_list", user_error)
+    assert main(["list"]) == 2
+    assert capsys.readouterr().err == "normfree list: error: --thing must be one of a, b\n"
+    monkeypatch.setattr(normfree.cli, "cmd_list", bug)
+    with pytest.raises(ValueError, match="internal inconsistency"):
+        main(["list"])
+
+
+def test_missing_tensorboard_is_an_error_not_an_exit(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # import fails
+    with pytest.raises(MissingDependency, match=r"pip install 'normfree\[tensorboard\]'"):
+        MetricsLog(tmp_path, tensorboard=True)
 
 
 def test_train_help_documents_every_flag_with_the_default_presets_value(capsys):
@@ -108,7 +143,7 @@ def test_bench_against_the_timm_peer(capsys):
 
 
 def test_bench_train_step_accepts_a_compiled_forward():
-    from normfree.bench import make_train_step
+    from normfree.analysis.bench import make_train_step
     model = create_model("nfnet_tiny", 4)
     images, labels = torch.randn(2, 3, 16, 16), torch.tensor([0, 3])
     before = model.head.fc.bias.detach().clone()

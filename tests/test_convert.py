@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from normfree import create_model, load_weights
-from normfree.checkpoint import CheckpointError
+from normfree.errors import CheckpointError
 
 timm = pytest.importorskip("timm")
 

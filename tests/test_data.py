@@ -4,8 +4,11 @@ import struct
 import pytest
 import torch
 
-from normfree.data import (DataError, FMNIST_FILES, TensorBatches, holdout_split,
-                           load_fashion_mnist, read_idx, small_image_transform)
+from normfree.data.batches import TensorBatches
+from normfree.data.datasets import holdout_split
+from normfree.data.fashion_mnist import FMNIST_FILES, load_fashion_mnist, read_idx
+from normfree.data.transforms import small_image_transform
+from normfree.errors import DataError
 
 
 def idx_bytes(array_uint8):
@@ -85,8 +88,8 @@ def test_batches_cover_the_data_and_augment_per_image():
 def test_image_folder_tree(tmp_path):
     from PIL import Image
 
-    from normfree.config import preset
-    from normfree.data import make_data
+    from normfree.training.config import preset
+    from normfree.data.datasets import make_data
     g = torch.Generator().manual_seed(0)
     for split, n in (("train", 12), ("test", 4)):
         for cls in ("cat", "dog"):
@@ -105,7 +108,7 @@ def test_image_folder_tree(tmp_path):
 
 
 def test_folder_without_train_subfolder_is_explained(tmp_path):
-    from normfree.config import preset
-    from normfree.data import make_data
+    from normfree.training.config import preset
+    from normfree.data.datasets import make_data
     with pytest.raises(DataError, match="'train' subfolder"):
         make_data(preset("debug", dataset="folder", data_dir=str(tmp_path)))

@@ -3,14 +3,15 @@ weights as 1 process × the whole batch, and a stopped 2-process run resumes in 
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 
 import pytest
 import torch
 
-from normfree.checkpoint import load_checkpoint
-from normfree.report import read_metrics
+from normfree.training.checkpoints import load_checkpoint
+from normfree.training.logs import read_metrics
 
 from helpers import wait_for_checkpoint
 
@@ -77,6 +78,34 @@ def test_global_batch_must_divide_over_the_processes(tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode != 0
     assert "must divide evenly over 3 processes" in result.stdout + result.stderr
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_signal_to_one_process_stops_every_process_alike(tmp_path):
+    """SIGTERM to rank 1 alone: both ranks checkpoint the same step, print the same line and
+    exit 143 (the signal reaches rank 0 through the collective, not as a signal of its own)."""
+    out = tmp_path / "run"
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()),
+           "WORLD_SIZE": "2"}
+    command = [sys.executable, "-m", "normfree", "train", *FLAGS, "--out-dir", str(out),
+               "--epochs", "2", "--synthetic-size", "2048", "--checkpoint-every", "1"]
+    ranks = [subprocess.Popen(command, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for r in (0, 1)]
+    wait_for_checkpoint(ranks[0], out / "checkpoint.pt", 4)
+    ranks[1].send_signal(signal.SIGTERM)
+    errors = [rank.communicate(timeout=120)[1] for rank in ranks]
+    step = load_checkpoint(out / "checkpoint.pt")["step"]
+    expected = (f"normfree train: stopped by SIGTERM at step {step}; the checkpoint in {out} "
+                "is saved: continue with --resume")
+    for rank, err in zip(ranks, errors):
+        assert rank.returncode == 128 + signal.SIGTERM, err[-2000:]
+        assert expected in err.splitlines() and "Traceback" not in err
 
 
 def children(pid):

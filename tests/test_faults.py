@@ -11,9 +11,10 @@ import sys
 import pytest
 import torch
 
-from normfree.checkpoint import CheckpointError, load_checkpoint
-from normfree.config import preset
-from normfree.train import train
+from normfree.errors import OutputError
+from normfree.training.checkpoints import load_checkpoint
+from normfree.training.config import preset
+from normfree.training.loop import train
 
 from helpers import wait_for_checkpoint
 
@@ -84,7 +85,7 @@ def test_failing_disk_keeps_the_last_good_checkpoint(error, tmp_path, monkeypatc
             raise OSError(error, os.strerror(error))
         real_fsync(fd)
     monkeypatch.setattr(os, "fsync", failing_fsync)
-    with pytest.raises(CheckpointError, match=rf"checkpoint.pt.*{os.strerror(error)}.*previous"):
+    with pytest.raises(OutputError, match=rf"checkpoint.pt.*{os.strerror(error)}.*previous"):
         train(cfg)
     assert load_checkpoint(tmp_path / "run" / "checkpoint.pt")["epoch"] == 1
     assert [p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")] == []

@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from normfree.config import preset
-from normfree.train import train
+from normfree.training.config import preset
+from normfree.training.loop import train
 
 SHAPES_A = ("hbar", "vbar", "ring", "square")
 SHAPES_B = ("cross", "diagonal", "disc", "antidiagonal")
@@ -72,7 +72,7 @@ def test_finetuning_beats_training_from_scratch(pretrained_on_a, tmp_path):
 def test_finetuned_weights_keep_class_names_and_freeze_holds(pretrained_on_a, tmp_path):
     from safetensors.torch import load_file
 
-    from normfree.pretrained import load_pretrained
+    from normfree.weights.pretrained import load_pretrained
     write_shapes(tmp_path / "b" / "train", SHAPES_B, 4, seed=4)
     write_shapes(tmp_path / "b" / "val", SHAPES_B, 2, seed=5)
     folder_run(tmp_path / "b", tmp_path / "run", init_from=str(pretrained_on_a), model=None,
@@ -86,7 +86,7 @@ def test_finetuned_weights_keep_class_names_and_freeze_holds(pretrained_on_a, tm
 
 
 def test_bad_finetune_flags_are_named(pretrained_on_a, tmp_path):
-    from normfree.checkpoint import CheckpointError
+    from normfree.errors import CheckpointError
     write_shapes(tmp_path / "b" / "train", SHAPES_B, 2, seed=6)
     write_shapes(tmp_path / "b" / "val", SHAPES_B, 1, seed=7)
     with pytest.raises(ValueError, match="--freeze: the model has no module 'stages.9'"):

@@ -13,10 +13,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from normfree import create_model
-from normfree.checkpoint import CheckpointError, export_weights, load_checkpoint, save_checkpoint
-from normfree.convert import load_weights, read_state_dict
-from normfree.data import DataError, read_idx
-from normfree.haiku import read_haiku_file
+from normfree.errors import CheckpointError
+from normfree.training.checkpoints import load_checkpoint, save_checkpoint
+from normfree.weights.metadata import export_weights
+from normfree.weights.loading import load_weights, read_state_dict
+from normfree.data.fashion_mnist import read_idx
+from normfree.errors import DataError
+from normfree.weights.haiku import read_haiku_file
 
 EXAMPLES = [60, pytest.param(3000, marks=pytest.mark.slow)]
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from normfree import create_model, load_weights
-from normfree.checkpoint import CheckpointError
-from normfree.haiku import UnsafeWeightsError, read_haiku_file
+from normfree.errors import CheckpointError
+from normfree.weights.haiku import UnsafeWeightsError, read_haiku_file
 
 _INNER = {"conv1": "conv0", "conv2": "conv1", "conv2b": "conv1b", "conv3": "conv2",
           "downsample.conv": "conv_shortcut", "se.fc1": "squeeze_excite/~/linear",
@@ -266,7 +266,7 @@ def test_convert_haiku_to_safetensors(f0, f0_haiku_file, tmp_path):
 
 def test_deeper_variant_is_inferred_from_a_haiku_file(tmp_path, fake_haiku):
     """F1 (24 blocks, 178 modules): `load_pretrained` finds the variant from the file alone."""
-    from normfree.pretrained import load_pretrained
+    from normfree.weights.pretrained import load_pretrained
     f1 = randomised("nfnet_f1", 1)
     modules = to_haiku(f1, fake_haiku)
     assert len(modules) == 4 + 7 * 24 + 4 + 2

@@ -1,12 +1,16 @@
+import copy
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from normfree.layers import (ACTIVATIONS, GAMMA, AvgPoolSame, MaxPoolSame, ScaledActivation,
-                             SqueezeExcite, StochasticDepth, WSConv2d, gelu_tanh, same_padding,
-                             standardize_weight)
+from normfree.nn.activations import ACTIVATIONS, GAMMA, ScaledActivation, gelu_tanh
+from normfree.nn.layers import SqueezeExcite, StochasticDepth
+from normfree.nn.padding import AvgPoolSame, MaxPoolSame, same_padding
+from normfree.nn.ws_conv import WSConv2d, standardize_weight
 
 
 def gaussian_std(fn):
@@ -83,7 +87,8 @@ def test_ws_eps_rules():
 
 
 def _reference_standardisation(w, gain, fan_in, eps_mode, input_gain):
-    """SPEC §3 written out with autograd ops, the reference for the fused kernel's gradients."""
+    """docs/architecture.md §3 written out with autograd ops, the reference for the fused
+    kernel's gradients."""
     var, mean = torch.var_mean(w, dim=(1, 2, 3), keepdim=True, correction=0)
     scale = (torch.rsqrt(torch.clamp(var * fan_in, min=1e-4)) if eps_mode == "clamp"
              else torch.rsqrt((var + 1e-5) * fan_in))
@@ -131,22 +136,55 @@ def test_ws_inference_cache_follows_weight_changes():
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
-def test_ws_inference_cache_expires_with_fused_optimizer_steps(optimizer):
-    # fused optimizers write parameters without bumping their version counters
+@pytest.mark.parametrize("sequence", ["step", "step, zero_grad", "infer, step, zero_grad",
+                                      "unfreeze, step, zero_grad", "copy, step, zero_grad"])
+def test_ws_inference_cache_expires_with_fused_optimizer_steps(optimizer, sequence):
+    """Fused optimizers write parameters without bumping their version counters; whatever runs
+    between the cached inference and the next one, the next one sees the new weights."""
     torch.manual_seed(0)
     conv = WSConv2d(4, 8, 3).to(memory_format=torch.channels_last)
     x = torch.randn(2, 4, 8, 8)
-    make = torch.optim.SGD if optimizer == "sgd" else torch.optim.AdamW
-    opt = make(conv.parameters(), lr=0.5, fused=True)
+    if "unfreeze" in sequence:  # cached while frozen (no gradients possible), then trained
+        conv.requires_grad_(False)
     with torch.no_grad():
         before = conv(x)
+    assert conv._cached_weight is not None
+    conv.requires_grad_(True)
+    if "copy" in sequence:  # a deep copy (e.g. an EMA model) keeps its own cache
+        conv = copy.deepcopy(conv)
+    make = torch.optim.SGD if optimizer == "sgd" else torch.optim.AdamW
+    opt = make(conv.parameters(), lr=0.5, fused=True)
     conv(x).square().sum().backward()
+    if "infer" in sequence:  # between backward and step: must not cache the old weights
+        with torch.no_grad():
+            assert torch.allclose(conv(x), before)
     opt.step()
+    if "zero_grad" in sequence:
+        opt.zero_grad(set_to_none=True)
     with torch.no_grad():
         after = conv(x)
         expected = F.conv2d(x, conv.standardized_weight(), conv.bias, padding=1)
     assert not torch.allclose(after, before)
     assert torch.allclose(after, expected, atol=1e-5)
+
+
+def test_ws_inference_cache_is_reused_while_nothing_changes():
+    conv = WSConv2d(4, 8, 3).eval()
+    x = torch.randn(2, 4, 8, 8)
+    with torch.no_grad():
+        conv(x)
+        cached = conv._cached_weight
+        conv(x)
+    assert conv._cached_weight is cached  # no second standardisation
+
+
+def test_importing_normfree_registers_no_global_hooks():
+    code = ("import torch.optim.optimizer as o, torch.nn.modules.module as m, normfree; "
+            "print(len(o._global_optimizer_pre_hooks) + len(o._global_optimizer_post_hooks) "
+            "+ len(m._global_forward_hooks) + len(m._global_backward_hooks))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True)
+    assert out.stdout.strip() == "0"
 
 
 @pytest.mark.parametrize("size", [7, 8, 15, 16])

@@ -1,13 +1,13 @@
-import time
 
 import pytest
 import torch
 
-import normfree
 from normfree import block_betas, count_macs, count_params, create_model, list_models
-from normfree.models import VARIANTS, plan_blocks
+from normfree.nn.config import plan_blocks
+from normfree.nn.network import NFBlock
+from normfree.nn.variants import VARIANTS
 
-# SPEC §6: parameters with a 1000-class head, GMACs at the test size.
+# docs/architecture.md §6: parameters with a 1000-class head, GMACs at the test size.
 NFNET_TABLE = {
     "nfnet_f0": (71_489_284, 12.38), "nfnet_f1": (132_634_256, 35.54),
     "nfnet_f2": (193_779_228, 62.59), "nfnet_f3": (254_924_200, 114.76),
@@ -42,12 +42,12 @@ def test_plus_variants_are_wider():
 
 
 def test_betas_follow_the_expected_variance_of_f0():
-    # SPEC §4: expected input variance per block of F0 (α = 0.2)
+    # docs/architecture.md §4: expected input variance per block of F0 (α = 0.2)
     variances = [1.00, 1.04, 1.04, 1.08, 1.04, 1.08, 1.12, 1.16, 1.20, 1.24, 1.04, 1.08]
     betas = block_betas((1, 2, 6, 3), 0.2)
     assert [round(1 / b ** 2, 2) for b in betas] == variances
     model_betas = [b.beta for b in meta_model("nfnet_f0").modules()
-                   if isinstance(b, normfree.models.NFBlock)]
+                   if isinstance(b, NFBlock)]
     assert model_betas == betas
 
 
@@ -74,7 +74,7 @@ def test_initialisation():
     assert fc.std().item() == pytest.approx(0.01, rel=0.1)
     assert torch.all(model.head.fc.bias == 0)
     assert all(b.skip_gain.item() == 0.0 for b in model.modules()
-               if isinstance(b, normfree.models.NFBlock))
+               if isinstance(b, NFBlock))
     conv = model.stages[2][0].conv1
     assert conv.weight.std().item() == pytest.approx(conv.fan_in ** -0.5, rel=0.1)
     assert torch.all(conv.gain == 1) and torch.all(conv.bias == 0)
@@ -82,16 +82,15 @@ def test_initialisation():
     assert torch.all(regnet.head.fc.weight == 0)
 
 
-def test_tiny_model_forward_backward_is_fast():
+def test_tiny_model_stays_cheap_for_the_test_suite():
+    """Many tests train nfnet_tiny: its cost is pinned as work (parameters, MACs), which unlike
+    wall-clock time does not depend on how busy the machine is."""
     model = create_model("nfnet_tiny", num_classes=10)
+    assert count_params(model) == 22_956
+    assert count_macs(model, image_size=16) == 590_464
     x = torch.randn(8, 3, 16, 16)
-    model(x).sum().backward()  # warm-up
-    times = []
-    for _ in range(3):  # best of three: robust to a busy machine
-        start = time.perf_counter()
-        model(x).logsumexp(1).mean().backward()
-        times.append(time.perf_counter() - start)
-    assert min(times) < 0.5
+    model(x).logsumexp(1).mean().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
     assert model(x).shape == (8, 10)
 
 

@@ -9,13 +9,14 @@ import torch
 from PIL import Image
 
 from normfree import create_model
-from normfree.checkpoint import CheckpointError, export_weights
-from normfree.data import DataError
-from normfree.deploy import fold_ws
-from normfree.folders import image_transform
-from normfree.layers import WSConv2d
-from normfree.pretrained import (IMAGENET_CLASSES, evaluate_folder, load_pretrained, predict,
-                                 reference_preprocessing)
+from normfree.errors import CheckpointError
+from normfree.weights.metadata import export_weights
+from normfree.errors import DataError
+from normfree.weights.deploy import fold_ws
+from normfree.data.transforms import image_transform
+from normfree.nn.ws_conv import WSConv2d
+from normfree.weights.pretrained import (imagenet_classes, load_pretrained, predict,
+                                         reference_preprocessing)
 
 
 def relative_error(a, b):
@@ -73,8 +74,8 @@ def test_reference_transform_resizes_the_whole_image_then_crops():
 
 
 def test_imagenet_class_names_are_shipped():
-    assert len(IMAGENET_CLASSES) == 1000 and len(set(IMAGENET_CLASSES)) == 1000
-    assert IMAGENET_CLASSES[0] == "tench" and IMAGENET_CLASSES[1] == "goldfish"
+    assert len(imagenet_classes()) == 1000 and len(set(imagenet_classes())) == 1000
+    assert imagenet_classes()[0] == "tench" and imagenet_classes()[1] == "goldfish"
 
 
 @pytest.fixture()
@@ -126,7 +127,7 @@ def test_evaluate_folder_counts_exactly(tiny_weights, tmp_path):
             label = classes[(classes.index(label) + 1) % 3]
         (root / label).mkdir(parents=True, exist_ok=True)
         image.rename(root / label / image.name)
-    result = evaluate_folder(pretrained, root, batch_size=3, progress=False)
+    result = pretrained.evaluate_folder(root, batch_size=3, progress=False)
     assert result["images"] == 8 and result["top1"] == 50.0 and result["top5"] == 100.0
 
 
@@ -137,11 +138,11 @@ def test_flat_folder_with_labels_file(tiny_weights, tmp_path):
     predicted = [row[0][0] for row in predict(pretrained, images, top=1)]
     labels = tmp_path / "labels.txt"
     labels.write_text("".join(f"{p.name},{classes.index(c)}\n" for p, c in zip(images, predicted)))
-    result = evaluate_folder(pretrained, tmp_path / "flat", labels, progress=False)
+    result = pretrained.evaluate_folder(tmp_path / "flat", labels, progress=False)
     assert result["top1"] == 100.0
     labels.write_text(f"{images[0].name} zebra\n")
     with pytest.raises(DataError, match=r"labels.txt:1: label 'zebra'"):
-        evaluate_folder(pretrained, tmp_path / "flat", labels, progress=False)
+        pretrained.evaluate_folder(tmp_path / "flat", labels, progress=False)
 
 
 def test_unreadable_images_are_skipped_or_stop(tiny_weights, tmp_path):
@@ -151,10 +152,10 @@ def test_unreadable_images_are_skipped_or_stop(tiny_weights, tmp_path):
     broken = tmp_path / "data" / "ant" / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really")
     with pytest.warns(UserWarning, match="skipped 1 unreadable"):
-        result = evaluate_folder(pretrained, tmp_path / "data", progress=False)
+        result = pretrained.evaluate_folder(tmp_path / "data", progress=False)
     assert result["images"] == 3 and result["skipped"] == 1
     with pytest.raises(DataError, match="broken.png"):
-        evaluate_folder(pretrained, tmp_path / "data", bad_images="stop", progress=False)
+        pretrained.evaluate_folder(tmp_path / "data", bad_images="stop", progress=False)
 
 
 def test_folder_problems_are_named(tiny_weights, tmp_path):
@@ -162,13 +163,13 @@ def test_folder_problems_are_named(tiny_weights, tmp_path):
     pretrained = load_pretrained(path, device="cpu")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="empty"):
-        evaluate_folder(pretrained, tmp_path / "empty", progress=False)
+        pretrained.evaluate_folder(tmp_path / "empty", progress=False)
     for name in ("x", "y"):  # 2 unknown class folders for 3-class weights
         write_images(tmp_path / "other" / name, 1, seed=5)
     with pytest.raises(DataError, match="2 class folders, but the weights have 3"):
-        evaluate_folder(pretrained, tmp_path / "other", progress=False)
+        pretrained.evaluate_folder(tmp_path / "other", progress=False)
     with pytest.raises(DataError, match="no such directory"):
-        evaluate_folder(pretrained, tmp_path / "missing", progress=False)
+        pretrained.evaluate_folder(tmp_path / "missing", progress=False)
 
 
 def test_metadata_class_count_must_match_the_classifier(tmp_path):
@@ -184,7 +185,7 @@ def test_onnx_export_matches_pytorch(name, size, tmp_path):
     pytest.importorskip("onnxruntime", reason="the onnx extra is part of the test install")
     import onnxruntime
 
-    from normfree.deploy import export_onnx
+    from normfree.weights.deploy import export_onnx
     torch.manual_seed(0)
     model = randomise_skip_gains(create_model(name, 10, in_chans=3)).eval()
     error = export_onnx(model, tmp_path / "m.onnx", size)

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from normfree import block_betas, create_model
-from normfree.spp import paper_comparison, plot, signal_stats, write_csv
+from normfree.analysis.spp import paper_comparison, plot, signal_stats, write_curves_csv
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_bn_relu_ordering_shows_mean_shift_relu_bn_does_not(curves):
 
 
 def test_csv_and_png(curves, tmp_path):
-    write_csv(curves, tmp_path / "spp.csv")
+    write_curves_csv(curves, tmp_path / "spp.csv")
     plot(curves, tmp_path / "spp.png")
     lines = (tmp_path / "spp.csv").read_text().splitlines()
     assert len(lines) == 1 + sum(len(r) for r in curves.values())

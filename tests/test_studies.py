@@ -3,8 +3,8 @@
 import csv
 from dataclasses import replace
 
-from normfree.config import preset
-from normfree.studies import agc_study, nf_vs_bn, plot_agc_study, plot_nf_vs_bn
+from normfree.training.config import preset
+from normfree.analysis.studies import agc_study, nf_vs_bn, plot_agc_study, plot_nf_vs_bn
 
 
 def test_agc_study_grid_records_divergence_and_accuracy(tmp_path):

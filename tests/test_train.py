@@ -5,12 +5,14 @@ from dataclasses import replace
 import pytest
 import torch
 
-from normfree.checkpoint import CheckpointError, load_checkpoint
-from normfree.config import preset
-from normfree.report import read_metrics
-from normfree.train import (EMA, TrainingDiverged, load_optimizer_state, lr_at, train,
-                            train_step)
-from normfree.zoo import create_model
+from normfree.errors import CheckpointError
+from normfree.training.checkpoints import load_checkpoint
+from normfree.training.config import preset
+from normfree.training.logs import read_metrics
+from normfree.errors import ConfigError, TrainingDiverged
+from normfree.nn.variants import create_model
+from normfree.training.loop import train
+from normfree.training.optim import EMA, load_optimizer_state, lr_at, train_step
 
 
 def test_lr_warmup_then_cosine():
@@ -39,7 +41,7 @@ def test_loss_decreases_on_a_fixed_batch():
     torch.manual_seed(0)
     cfg = preset("debug", clip_factor=0.05, lr=0.05)
     model = create_model("nfnet_tiny", num_classes=4)
-    from normfree.train import build_optimizer
+    from normfree.training.optim import build_optimizer
     opt = build_optimizer(cfg, model)
     x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 4, (16,))
     losses = [train_step(model, opt, x, y, cfg)[0].item() for _ in range(30)]
@@ -49,7 +51,7 @@ def test_loss_decreases_on_a_fixed_batch():
 def test_nan_loss_stops_with_advice():
     cfg = preset("debug")
     model = create_model("nfnet_tiny", num_classes=4)
-    from normfree.train import build_optimizer
+    from normfree.training.optim import build_optimizer
     x = torch.full((2, 3, 16, 16), float("nan"))
     with pytest.raises(TrainingDiverged, match="lower --lr"):
         train_step(model, build_optimizer(cfg, model), x, torch.zeros(2, dtype=torch.long), cfg)
@@ -83,7 +85,7 @@ class Interrupted(Exception):
 
 def test_resume_is_bit_exact(tmp_path, monkeypatch):
     straight = train(debug(tmp_path / "a", epochs=3))
-    train_module = importlib.import_module("normfree.train")  # normfree.train is the function
+    train_module = importlib.import_module("normfree.training.loop")
     real_save = train_module.save_checkpoint
 
     def save_then_die(*args, **kwargs):  # the process "dies" right after the first checkpoint
@@ -115,7 +117,7 @@ def test_existing_output_is_refused_untouched(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     (run / "precious.txt").write_text("keep")
-    with pytest.raises(FileExistsError, match="--resume"):
+    with pytest.raises(ConfigError, match="--resume"):
         train(debug(tmp_path))
     assert (run / "precious.txt").read_text() == "keep"
     assert sorted(p.name for p in run.iterdir()) == ["precious.txt"]
@@ -145,7 +147,7 @@ def test_tensorboard_scalars_can_be_read_back(tmp_path):
 def test_config_overrides_the_models_regularisation_and_skip_init():
     from types import SimpleNamespace
 
-    from normfree.runs import model_for
+    from normfree.training.runs import model_for
     data = SimpleNamespace(classes=list("abcd"), in_chans=3)
     cfg = replace(preset("debug"), dropout=0.3, stochastic_depth=0.2, skip_init=False)
     model = model_for(cfg, data)

@@ -1,0 +1,162 @@
+"""The papers' training claims as experiments on Fashion-MNIST, each writing a CSV and a figure.
+
+- `agc_study`: short runs over a grid of batch sizes, learning rates and clip factors (0 = no
+  AGC); each cell records whether training diverged and the validation accuracy it reached.
+- `nf_vs_bn`: an NF model against its batch-norm twin with the same recipe (the twin without
+  AGC): validation accuracy per epoch and per second of training, test accuracy, and the
+  train-step time of each measured back to back.
+"""
+
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import TrainingDiverged
+from ..figures import pyplot, save_figure
+from ..files import write_csv
+from ..nn.variants import bn_twin_name, create_model
+from ..runtime import bf16_available, default_device
+from ..training.config import preset
+from ..training.logs import read_metrics
+from ..training.loop import train
+from .bench import make_train_step, time_calls
+
+FIELDS = ["batch_size", "lr", "clip_factor", "val_top1", "diverged_at_step", "seconds"]
+
+
+def agc_study(base, batch_sizes, lrs_per_256, clip_factors, out_csv, progress=print):
+    """Train `base` (a TrainConfig) once per grid cell; the learning rate scales linearly with
+    the batch (lr = lr_per_256 · batch / 256, as docs/architecture.md §11). Returns the rows
+    written."""
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for batch in batch_sizes:
+            for lr_per_256 in lrs_per_256:
+                for clip in clip_factors:
+                    cfg = replace(base, batch_size=batch, lr=lr_per_256 * batch / 256,
+                                  clip_factor=clip, progress=False,
+                                  out_dir=str(Path(scratch) / f"b{batch}-lr{lr_per_256}-c{clip}"))
+                    started, row = time.time(), {"batch_size": batch, "lr": cfg.lr,
+                                                 "clip_factor": clip}
+                    try:
+                        result = train(cfg)
+                        row.update(val_top1=result["val_top1"], diverged_at_step=None)
+                    except TrainingDiverged as e:
+                        row.update(val_top1=None, diverged_at_step=e.step)
+                    row["seconds"] = round(time.time() - started, 1)
+                    rows.append(row)
+                    progress(f"batch {batch:5d}  lr {cfg.lr:7.3f}  clip {clip:<5}  "
+                             + (f"val {row['val_top1']:.2f}%" if row["val_top1"] is not None
+                                else f"diverged at step {row['diverged_at_step']}"))
+                    write_csv(out_csv, FIELDS, rows)
+    return rows
+
+
+def plot_agc_study(rows, path, title):
+    """One heatmap per clip factor: batch × learning rate, colour = validation accuracy,
+    crossed-out cells = diverged."""
+    clips = sorted({r["clip_factor"] for r in rows})
+    batches = sorted({r["batch_size"] for r in rows})
+    ratios = sorted({r["lr"] * 256 / r["batch_size"] for r in rows})
+    fig, axes = pyplot().subplots(1, len(clips), figsize=(3.6 * len(clips) + 1, 3.6), squeeze=False)
+    for ax, clip in zip(axes[0], clips):
+        grid = np.full((len(batches), len(ratios)), np.nan)
+        for r in rows:
+            if r["clip_factor"] == clip and r["val_top1"] is not None:
+                i = batches.index(r["batch_size"])
+                j = ratios.index(min(ratios, key=lambda x: abs(x - r["lr"] * 256 /
+                                                                r["batch_size"])))
+                grid[i, j] = r["val_top1"]
+        image = ax.imshow(grid, vmin=10, vmax=100, cmap="viridis", origin="lower")
+        for i in range(len(batches)):
+            for j in range(len(ratios)):
+                text = "diverged" if np.isnan(grid[i, j]) else f"{grid[i, j]:.1f}"
+                ax.text(j, i, text, ha="center", va="center", fontsize=8,
+                        color="red" if np.isnan(grid[i, j]) else "white")
+        ax.set(xticks=range(len(ratios)), xticklabels=[f"{x:g}" for x in ratios],
+               yticks=range(len(batches)), yticklabels=batches,
+               xlabel="learning rate per 256 images",
+               title="no AGC" if not clip else f"AGC λ = {clip:g}")
+    axes[0][0].set_ylabel("batch size")
+    fig.colorbar(image, ax=axes[0].tolist(), label="validation top-1 (%)")
+    fig.suptitle(title)
+    save_figure(fig, path, bbox_inches="tight")
+
+
+def default_base(epochs=2):
+    """The study's per-cell recipe: the `fmnist` preset, shortened, without EMA or compile."""
+    return replace(preset("fmnist"), epochs=epochs, ema_decay=0.0, compile=False,
+                   tta_flip=False)
+
+
+BN_FIELDS = ["model", "batch_size", "epoch", "seconds", "val_top1", "test_top1",
+             "step_ms"]
+
+
+def nf_vs_bn(base, out_csv, progress=print):
+    """Train `base.model` and its BN twin with `base`'s recipe (the twin with `clip_factor=0`:
+    AGC is the NF model's replacement for what BN does). Rows: one per model and epoch, with
+    the cumulative training seconds; the last row of each model carries its test accuracy.
+    Returns the rows written."""
+    clip_factors = {base.model: base.clip_factor, bn_twin_name(base.model): 0.0}
+    step_ms = _step_times(base, clip_factors)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for name, clip_factor in clip_factors.items():
+            cfg = replace(base, model=name, clip_factor=clip_factor, progress=False,
+                          out_dir=str(Path(scratch) / name))
+            result = train(cfg)
+            seconds = 0.0
+            for m in read_metrics(Path(cfg.out_dir) / "metrics.csv"):
+                seconds += m["epoch_seconds"]
+                rows.append({"model": name, "batch_size": cfg.batch_size, "epoch": int(m["epoch"]),
+                             "seconds": round(seconds, 3), "val_top1": m["val_acc"],
+                             "test_top1": None, "step_ms": step_ms[name]})
+            rows[-1]["test_top1"] = result["test_top1"]
+            progress(f"{name}: test {result['test_top1']:.2f}% after {cfg.epochs} epochs, "
+                     f"{seconds:.0f} s, {step_ms[name]:.1f} ms a step")
+            write_csv(out_csv, BN_FIELDS, rows)
+    return rows
+
+
+def _step_times(cfg, clip_factors, repeats=20):
+    """Median milliseconds of a training step (forward, backward, AGC where the model's clip
+    factor is not 0, optimizer step) of each model on one batch of the recipe's shape, calls
+    interleaved."""
+    names = list(clip_factors)
+    device = default_device(cfg.device)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    models = [create_model(name, 10).to(device, memory_format=fmt) for name in names]
+    g = torch.Generator().manual_seed(0)
+    size = cfg.image_size or models[0].cfg.train_size
+    images = torch.randn(cfg.batch_size, models[0].cfg.in_chans, size, size, generator=g)
+    images = images.to(device).contiguous(memory_format=fmt)
+    labels = torch.randint(0, 10, (cfg.batch_size,), generator=g).to(device)
+    bf16 = bf16_available(device) if cfg.bf16 is None else cfg.bf16
+    steps = [make_train_step(model, images, labels, clip_factors[name], bf16)[0]
+             for name, model in zip(names, models)]
+    times = time_calls(*steps, repeats=repeats)
+    return {name: round(t[0] * 1000, 2) for name, t in zip(names, times)}
+
+
+def plot_nf_vs_bn(rows, path, title):
+    """Validation accuracy against epoch and against training seconds, one line per model."""
+    fig, (by_epoch, by_time) = pyplot().subplots(1, 2, figsize=(10, 3.8))
+    for name in dict.fromkeys(r["model"] for r in rows):
+        mine = [r for r in rows if r["model"] == name]
+        label = f"{name} (test {mine[-1]['test_top1']:.2f}%, {mine[0]['step_ms']:.0f} ms/step)"
+        by_epoch.plot([r["epoch"] for r in mine], [r["val_top1"] for r in mine], "o-",
+                      label=label)
+        by_time.plot([r["seconds"] for r in mine], [r["val_top1"] for r in mine], "o-",
+                     label=label)
+    by_epoch.set(xlabel="epoch", ylabel="validation top-1 (%)")
+    by_time.set(xlabel="training seconds (2 CPU cores)", ylabel="validation top-1 (%)")
+    for ax in (by_epoch, by_time):
+        ax.grid(alpha=0.3)
+    by_epoch.legend(fontsize=8)
+    fig.suptitle(title)
+    save_figure(fig, path, bbox_inches="tight")

@@ -1,0 +1,86 @@
+"""Batches of a dataset, split over data-parallel processes: in-memory uint8 tensors
+(`TensorBatches`) and what a run's data is (`Data`); `Normalize` turns uint8 into float on the
+model's device.
+
+Images stay uint8 until they reach the model's device; small datasets live in memory as one
+tensor and are augmented per image with torchvision v2 transforms (a few % of a training step,
+docs/benchmarks.md).
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..errors import ConfigError
+
+
+class Sharded:
+    """A global batch order split over data-parallel processes: each global batch of
+    `batch_size` gives process `rank` its own consecutive `batch_size / world_size` part."""
+
+    rank, world_size = 0, 1
+
+    def shard(self, rank, world_size):
+        if self.batch_size % world_size:
+            raise ConfigError(f"--batch-size {self.batch_size} (the global batch) must divide "
+                             f"evenly over {world_size} processes")
+        self.rank, self.world_size = rank, world_size
+
+    def part(self, index):
+        per = len(index) // self.world_size
+        return index[self.rank * per:(self.rank + 1) * per]
+
+
+class TensorBatches(Sharded):
+    """Batches of an in-memory uint8 dataset; `transform` (torchvision v2) runs per image."""
+
+    def __init__(self, images, labels, batch_size, shuffle=False, transform=None,
+                 drop_last=False, seed=0):
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
+        self.transform = transform
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def __len__(self):
+        n = len(self.labels)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self):
+        return self.iterate()
+
+    def iterate(self, start=0):
+        """Batches `start`, `start` + 1, ... of this pass (the order is drawn in full first, so
+        resuming mid-epoch sees the same batches)."""
+        n = len(self.labels)
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        for i in range(start, len(self)):
+            index = self.part(order[i * self.batch_size:(i + 1) * self.batch_size])
+            images = self.images[index]
+            if self.transform is not None:
+                images = torch.stack([self.transform(image) for image in images])
+            yield images, self.labels[index]
+
+
+class Normalize(nn.Module):
+    """uint8 (or [0, 255] float) images → float, normalised by per-channel mean and std."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1) * 255)
+        self.register_buffer("inv_std", 1 / (torch.tensor(std).view(1, -1, 1, 1) * 255))
+
+    def forward(self, images):
+        return (images.float() - self.mean) * self.inv_std
+
+
+@dataclass
+class Data:
+    train: object
+    val: object
+    test: object
+    classes: tuple
+    in_chans: int
+    image_size: int
+    mean: tuple
+    std: tuple

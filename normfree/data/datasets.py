@@ -1,0 +1,60 @@
+"""The data of a run: `make_data(cfg)` gives the train / val / test batches of Fashion-MNIST,
+an image-folder tree or synthetic images, as a training config describes them."""
+
+import torch
+
+from ..errors import DataError
+from .batches import Data, TensorBatches
+from .fashion_mnist import FMNIST_CLASSES, FMNIST_DIR, FMNIST_MEAN, FMNIST_STD, load_fashion_mnist
+from .folders import make_folder_data
+from .transforms import small_image_transform
+
+
+def synthetic_images(num_images, num_classes=10, size=16, channels=3, seed=0):
+    """A learnable stand-in dataset: one random template per class plus noise, as uint8."""
+    g = torch.Generator().manual_seed(seed)
+    templates = torch.rand(num_classes, channels, size, size, generator=g) * 255
+    labels = torch.randint(0, num_classes, (num_images,), generator=g)
+    noise = torch.randn(num_images, channels, size, size, generator=g) * 40
+    images = (templates[labels] + noise).clamp(0, 255).to(torch.uint8)
+    return images, labels
+
+
+def holdout_split(images, labels, val_size, seed=0):
+    """Split off `val_size` examples (a fixed random subset) for model selection."""
+    if not 0 <= val_size < len(labels):
+        raise DataError(f"val_size must be in [0, {len(labels)}), got {val_size}")
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
+    val, train = order[:val_size], order[val_size:]
+    return (images[train], labels[train]), (images[val], labels[val])
+
+
+def make_data(cfg):
+    """The train / val / test batches described by a `TrainConfig`."""
+    if cfg.dataset == "fashion-mnist":
+        splits = load_fashion_mnist(cfg.data_dir or FMNIST_DIR)
+        train_set, test_set = splits["train"], splits["test"]
+        classes, mean, std = FMNIST_CLASSES, FMNIST_MEAN, FMNIST_STD
+    elif cfg.dataset == "synthetic":
+        images, labels = synthetic_images(cfg.synthetic_size + 256, 10, cfg.image_size,
+                                          cfg.in_chans, seed=cfg.seed)
+        train_set, test_set = (images[256:], labels[256:]), (images[:256], labels[:256])
+        classes = tuple(str(i) for i in range(10))
+        mean, std = (0.5,) * cfg.in_chans, (0.25,) * cfg.in_chans
+    elif cfg.dataset == "folder":
+        return make_folder_data(cfg)
+    else:
+        raise DataError(f"dataset must be 'fashion-mnist', 'synthetic' or 'folder', got "
+                        f"{cfg.dataset!r}")
+    train_set, val_set = holdout_split(*train_set, cfg.val_size, seed=0)
+    size = train_set[0].shape[-1]
+    augment = small_image_transform(size, cfg.crop_padding, cfg.flip, cfg.randaugment,
+                                    cfg.random_erasing)
+    batches = dict(batch_size=cfg.batch_size)
+    eval_batches = dict(batch_size=cfg.eval_batch_size)
+    return Data(
+        train=TensorBatches(*train_set, shuffle=True, transform=augment, drop_last=True,
+                            seed=cfg.seed, **batches),
+        val=TensorBatches(*val_set, **eval_batches) if cfg.val_size else None,
+        test=TensorBatches(*test_set, **eval_batches),
+        classes=classes, in_chans=train_set[0].shape[1], image_size=size, mean=mean, std=std)

@@ -1,0 +1,203 @@
+"""Image files on disk: ImageFolder trees and flat folders with a labels file.
+
+Unreadable images never crash a worker: they come back as `None`, the collate function drops them
+and reports their paths, and `FolderBatches` either skips them (counting, one warning per pass)
+or stops with an error naming the file, as `bad_images` says.
+"""
+
+import os
+import warnings
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+from ..errors import ConfigError, DataError
+from .batches import Data, Sharded
+from .transforms import IMAGENET_MEAN, IMAGENET_STD, folder_train_transform, image_transform
+
+BAD_IMAGE_POLICIES = ("skip", "stop")
+
+
+def open_image(path):
+    """A PIL image, fully decoded; `DataError` naming the file when it cannot be."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.copy()
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"{path}: unreadable image ({e})") from None
+
+
+class ImageFiles(Dataset):
+    """(path, label) samples → (uint8 tensor, label), or (None, path) for an unreadable file."""
+
+    def __init__(self, samples, transform):
+        self.samples, self.transform = list(samples), transform
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, index):
+        path, label = self.samples[index]
+        try:
+            return self.transform(open_image(path)), label
+        except DataError:
+            return None, str(path)
+
+
+def collate_readable(items):
+    """Stack the readable images; list the unreadable ones' paths."""
+    good = [(image, label) for image, label in items if image is not None]
+    bad = [path for image, path in items if image is None]
+    if not good:
+        return None, None, bad
+    images, labels = zip(*good)
+    return torch.stack(images), torch.tensor(labels), bad
+
+
+class FolderBatches(Sharded):
+    """Batches of (images, labels) from `ImageFiles`, with the `bad_images` policy applied.
+
+    The shuffled order comes from `generator` (as for in-memory data), so a pass can restart
+    at any batch; augmentation randomness lives in the loader's worker processes.
+    """
+
+    def __init__(self, dataset, batch_size, shuffle=False, drop_last=False, bad_images="skip",
+                 workers=None, seed=0):
+        if bad_images not in BAD_IMAGE_POLICIES:
+            raise ConfigError(f"bad_images must be one of {BAD_IMAGE_POLICIES}, got "
+                             f"{bad_images!r}")
+        self.workers = min(4, os.cpu_count() or 1) if workers is None else workers
+        self.dataset, self.size, self.batch_size = dataset, len(dataset), batch_size
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.generator = torch.Generator().manual_seed(seed)
+        self.indices = []  # the sampler: this pass's order (this process's part) from `start`
+        self.loader = self._loader()
+        self.bad_images = bad_images
+        self.skipped = []
+
+    def _loader(self):
+        return DataLoader(self.dataset, self.batch_size // self.world_size, sampler=self.indices,
+                          drop_last=self.drop_last, num_workers=self.workers,
+                          persistent_workers=self.workers > 0, collate_fn=collate_readable)
+
+    def shard(self, rank, world_size):
+        super().shard(rank, world_size)
+        self.loader = self._loader()
+
+    def __len__(self):
+        full, rest = divmod(self.size, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def __iter__(self):
+        return self.iterate()
+
+    def iterate(self, start=0):
+        order = (torch.randperm(self.size, generator=self.generator) if self.shuffle
+                 else torch.arange(self.size))
+        self.indices[:] = [j for i in range(start, len(self)) for j in
+                           self.part(order[i * self.batch_size:(i + 1) * self.batch_size])
+                           .tolist()]
+        self.skipped = []
+        for images, labels, bad in self.loader:
+            if bad and self.bad_images == "stop":
+                raise DataError(f"{bad[0]}: unreadable image (pass --bad-images skip to skip "
+                                "unreadable files)")
+            self.skipped += bad
+            if images is not None:
+                yield images, labels
+        if self.skipped:
+            warnings.warn(f"skipped {len(self.skipped)} unreadable image(s), e.g. "
+                          f"{self.skipped[0]}", stacklevel=2)
+
+
+def folder_samples(root):
+    """(samples, classes) of an ImageFolder tree root/<class>/<image>."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such directory")
+    try:
+        tree = ImageFolder(root, allow_empty=False)
+    except (FileNotFoundError, RuntimeError) as e:
+        raise DataError(f"{root}: expected class subfolders holding images "
+                        f"({', '.join(IMG_EXTENSIONS)}): {e}") from None
+    return tree.samples, tuple(tree.classes)
+
+
+def flat_samples(root, labels_file, classes):
+    """Samples of a flat folder labelled by a text file of `<file name> <label>` lines.
+
+    A label is a class index or one of `classes` (separated by whitespace or a comma).
+    """
+    root, labels_file = Path(root), Path(labels_file)
+    if not labels_file.is_file():
+        raise DataError(f"labels file {labels_file} does not exist")
+    index = {name: i for i, name in enumerate(classes)}
+    samples = []
+    for number, line in enumerate(labels_file.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        name, _, label = line.replace(",", " ", 1).strip().partition(" ")
+        label = label.strip()
+        if label.isdigit() and int(label) < len(classes):
+            target = int(label)
+        elif label in index:
+            target = index[label]
+        else:
+            raise DataError(f"{labels_file}:{number}: label {label!r} is neither a class index "
+                            f"below {len(classes)} nor a class name of these weights")
+        if not (root / name).is_file():
+            raise DataError(f"{labels_file}:{number}: image {root / name} does not exist")
+        samples.append((root / name, target))
+    if not samples:
+        raise DataError(f"labels file {labels_file} lists no images")
+    return samples
+
+
+def make_folder_data(cfg):
+    """Training data from DIR/train (and DIR/val, DIR/test when present) ImageFolder trees.
+
+    Without DIR/val, `cfg.val_size` training images (a fixed random subset) are held out; without
+    DIR/test the validation images stand in for the test set.
+    """
+    root = Path(cfg.data_dir or "")
+    if not (root / "train").is_dir():
+        raise DataError(f"--data-dir {root}: expected an ImageFolder tree with a 'train' "
+                        "subfolder (train/<class>/<image>), and optionally 'val' and 'test'")
+    size = cfg.image_size
+    train_tf = folder_train_transform(size, cfg.flip, cfg.randaugment, cfg.random_erasing)
+    eval_tf = image_transform(size, size + 32)
+    train, classes = folder_samples(root / "train")
+    splits = {}
+    for split in ("val", "test"):
+        if (root / split).is_dir():
+            splits[split], split_classes = folder_samples(root / split)
+            if split_classes != classes:
+                raise DataError(f"{root / split}: classes {split_classes} differ from the "
+                                f"training classes {classes}")
+    if "val" not in splits:
+        if not 0 <= cfg.val_size <= len(train) // 2:
+            raise DataError(f"{root} has no 'val' subfolder, and --val-size {cfg.val_size} "
+                            f"cannot be held out of its {len(train)} training images: pass "
+                            f"--val-size N with N ≤ {len(train) // 2}, or add {root / 'val'}")
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
+        splits["val"] = [train[i] for i in order[:cfg.val_size]]
+        train = [train[i] for i in order[cfg.val_size:]]
+    splits.setdefault("test", splits["val"])
+    if not splits["test"]:
+        raise DataError(f"{root}: nothing to evaluate on: add a 'val' or 'test' subfolder, or "
+                        "hold out training images with --val-size N")
+
+    def batches(samples, transform, batch_size, **kw):
+        return FolderBatches(ImageFiles(samples, transform), batch_size,
+                             bad_images=cfg.bad_images, workers=cfg.workers, **kw)
+    return Data(train=batches(train, train_tf, cfg.batch_size, shuffle=True, drop_last=True,
+                              seed=cfg.seed),
+                val=(batches(splits["val"], eval_tf, cfg.eval_batch_size) if splits["val"]
+                     else None),
+                test=batches(splits["test"], eval_tf, cfg.eval_batch_size),
+                classes=classes, in_chans=3, image_size=size, mean=IMAGENET_MEAN,
+                std=IMAGENET_STD)

@@ -1,0 +1,46 @@
+"""Image transforms: per-image training augmentation and the evaluation preprocessing."""
+
+from torchvision.transforms import v2
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def small_image_transform(size, crop_padding, flip, randaugment, random_erasing):
+    """Per-image training augmentation for small greyscale/colour images (uint8 in and out)."""
+    steps = []
+    if crop_padding:
+        steps.append(v2.RandomCrop(size, padding=crop_padding))
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    if randaugment:
+        steps.append(v2.RandAugment(*randaugment))
+    if random_erasing:
+        steps.append(v2.RandomErasing(random_erasing, value=0))
+    return v2.Compose(steps) if steps else None
+
+
+def image_transform(crop, resize=None, in_chans=3, interpolation="bicubic"):
+    """PIL image → uint8 CHW tensor: the whole image resized to `resize`², centre crop `crop`.
+
+    With `resize = crop + 32` and bicubic this is the reference's evaluation preprocessing
+    (docs/architecture.md §11); normalisation happens later, on the model's device.
+    """
+    mode = v2.InterpolationMode(interpolation)
+    return v2.Compose([v2.Grayscale(1) if in_chans == 1 else v2.RGB(),
+                       v2.Resize((resize or crop, resize or crop), interpolation=mode,
+                                 antialias=True),
+                       v2.CenterCrop(crop), v2.PILToTensor()])
+
+
+def folder_train_transform(size, flip, randaugment, random_erasing):
+    """PIL image → augmented uint8 CHW tensor: random-resized crop to `size`, then flips,
+    RandAugment and random erasing as asked."""
+    steps = [v2.RGB(), v2.RandomResizedCrop(size, antialias=True)]
+    if flip:
+        steps.append(v2.RandomHorizontalFlip())
+    if randaugment:
+        steps.append(v2.RandAugment(*randaugment))
+    steps.append(v2.PILToTensor())
+    if random_erasing:
+        steps.append(v2.RandomErasing(random_erasing, value=0))
+    return v2.Compose(steps)

@@ -1,0 +1,41 @@
+"""The errors a user can fix, as distinct types: the command line prints them as one line.
+
+Anything else that escapes is a bug and shows its traceback.
+"""
+
+
+class NormfreeError(Exception):
+    """Base of every error normfree raises for bad input, files or settings."""
+
+
+class ConfigError(NormfreeError, ValueError):
+    """A setting no run or model can use; the message names the flag or field."""
+
+
+class InputError(NormfreeError, ValueError):
+    """A tensor a model cannot take (wrong rank, dtype, channels, or smaller than its stride)."""
+
+
+class DataError(NormfreeError, ValueError):
+    """A dataset is missing or malformed; the message names the file and what was expected."""
+
+
+class CheckpointError(NormfreeError, ValueError):
+    """A checkpoint or weights file is missing, truncated, foreign or for another model."""
+
+
+class OutputError(NormfreeError, OSError):
+    """A file could not be written (full disk, read-only or missing directory, ...); the file
+    it would have replaced, if any, is intact."""
+
+
+class TrainingDiverged(NormfreeError, RuntimeError):
+    """The loss became NaN or infinite at optimisation step `.step` (counting from 1)."""
+
+    def __init__(self, message, step=None):
+        super().__init__(message)
+        self.step = step
+
+
+class MissingDependency(NormfreeError, ImportError):
+    """An optional package a feature needs is not installed; the message says how to get it."""

@@ -1,0 +1,74 @@
+"""Evaluation in one place: top-1/top-5 counting and the one loop that runs a model over
+batches, whether they come from a run's dataset, an image folder or a checkpoint's data
+(`normfree.training.runs.evaluate_checkpoint` restores the model and calls `evaluate`)."""
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .data.folders import FolderBatches, ImageFiles, flat_samples, folder_samples
+from .errors import DataError
+
+
+def top1_top5_hits(logits, labels):
+    """How many labels are the top prediction, and how many are among the top 5."""
+    top5 = logits.topk(min(5, logits.shape[1]), dim=1).indices
+    return ((top5[:, 0] == labels).sum().item(),
+            (top5 == labels[:, None]).any(dim=1).sum().item())
+
+
+@torch.no_grad()
+def evaluate(model, batches, normalize, *, tta_flip=False, bf16=False,
+             memory_format=torch.contiguous_format, progress=False, what="images"):
+    """Top-1 and top-5 accuracy (%), mean cross-entropy and image count over `batches` of
+    (uint8 images, labels); `normalize` turns the images into the model's input.
+
+    With `tta_flip`, logits are averaged over each image and its mirror image. `what` names
+    the images in the error when none is readable ("no readable {what}").
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    correct1 = correct5 = loss = count = 0
+    for images, labels in tqdm(batches, desc="eval", leave=False, disable=not progress or None):
+        images = normalize(images.to(device)).contiguous(memory_format=memory_format)
+        labels = labels.to(device)
+        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+            logits = model(images).float()
+            if tta_flip:
+                logits = (logits + model(images.flip(3)).float()) / 2
+        loss += F.cross_entropy(logits, labels, reduction="sum").item()
+        hits1, hits5 = top1_top5_hits(logits, labels)
+        correct1, correct5 = correct1 + hits1, correct5 + hits5
+        count += len(labels)
+    model.train(was_training)
+    if not count:
+        raise DataError(f"no readable {what}")
+    return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count,
+            "loss": loss / count, "images": count}
+
+
+def class_index(folder_classes, weights_classes, root):
+    """Folder class → weights' class index: by name when the names match, else by position."""
+    if set(folder_classes) <= set(weights_classes):
+        return {c: weights_classes.index(c) for c in folder_classes}
+    if len(folder_classes) == len(weights_classes):
+        return {c: i for i, c in enumerate(folder_classes)}  # sorted folder names, e.g. wnids
+    raise DataError(f"{root}: {len(folder_classes)} class folders, but the weights have "
+                    f"{len(weights_classes)} classes and the folder names are not among them")
+
+
+def evaluate_folder(model, data_dir, *, classes, transform, normalize, labels_file=None,
+                    batch_size=50, bad_images="skip", progress=True):
+    """`evaluate` on an ImageFolder tree (class folders named as `classes`, or in their order),
+    or on a flat folder labelled by `labels_file`; also counts the unreadable images skipped."""
+    if labels_file:
+        samples = flat_samples(data_dir, labels_file, classes)
+    else:
+        samples, folder_classes = folder_samples(data_dir)
+        index = class_index(folder_classes, classes, data_dir)
+        samples = [(path, index[folder_classes[label]]) for path, label in samples]
+    batches = FolderBatches(ImageFiles(samples, transform), batch_size, bad_images=bad_images)
+    result = evaluate(model, batches, normalize, progress=progress,
+                      what=f"images in {data_dir}")
+    return {**result, "skipped": len(batches.skipped)}

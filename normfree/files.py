@@ -1,0 +1,80 @@
+"""Files written atomically (temp file, fsync, rename) and the project's one CSV format."""
+
+import csv
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import OutputError
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path, write):
+    """Call `write(binary_file)` on a temp file next to `path`, fsync it, then rename it.
+
+    A crash or a full disk never leaves a half-written file under the real name. The file gets
+    the permissions of any new file (0666 minus the umask), like files other tools write.
+    """
+    path = Path(path)
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise OutputError(f"cannot write {path}: {e.strerror or e}; nothing was replaced "
+                              "(the previous file, if any, is kept)") from None
+        raise
+
+
+def save_json(path, values):
+    atomic_write(path, lambda f: f.write((json.dumps(values, indent=2) + "\n").encode()))
+
+
+def csv_text(fieldnames, rows):
+    """CSV with a header row; None is written as an empty cell."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=fieldnames)
+    writer.writeheader()
+    writer.writerows(rows)
+    return text.getvalue()
+
+
+def write_csv(path, fieldnames, rows):
+    atomic_write(path, lambda f: f.write(csv_text(fieldnames, rows).encode()))
+
+
+def append_csv_row(path, row):
+    """Append one row (a dict) to a CSV file, writing the header first if the file is new."""
+    path = Path(path)
+    new = not path.exists()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def read_csv(path, numbers=True):
+    """Rows as dicts; with `numbers`, every cell as a float (empty or "None": None)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not numbers:
+        return rows
+    return [{k: float(v) if v not in ("", "None") else None for k, v in row.items()}
+            for row in rows]

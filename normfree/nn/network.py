@@ -1,0 +1,275 @@
+"""NFNet, NF-ResNet and NF-RegNet as one block class and one network class (docs/architecture.md
+§5), built from an `NFConfig`.
+
+Papers: Brock et al. 2021 (NFNets, ICML) and Brock et al. 2021 (NF-ResNets, ICLR).
+
+Differences from the reference implementation:
+- Module names follow PyTorch/timm habits (`stem.conv1`, `stages.{s}.{b}.conv1..conv3`,
+  `final_conv`, `head.fc`); the weights key maps rename the reference's Haiku names onto them.
+- An NF block's end-of-block SE gate is multiplied into α · skip gain (a per-channel factor)
+  rather than into the branch output: `x + (gate · α · g) · f` is one full-size multiply-add
+  instead of two multiplies and an add; equal to the reference up to float rounding.
+"""
+
+import math
+
+import torch
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ..errors import InputError
+from .activations import Activation, ScaledActivation
+from .config import plan_blocks, split_stages
+from .layers import SqueezeExcite, StochasticDepth
+from .padding import AvgPoolSame, MaxPoolSame, SameConv2d
+from .ws_conv import WSConv2d
+
+
+def make_conv(cfg, in_channels, out_channels, kernel_size, stride=1, groups=1, gamma=1.0,
+              beta=1.0):
+    """A WS conv (or, without WS, a plain He-initialised conv) whose input is act(x)·γ·β.
+
+    γ (the preceding activation's) and β are folded into the weight (`input_gain`). A plain conv
+    is initialised so that its effective weight is He-normal for the unscaled activation.
+    """
+    if cfg.weight_standardization:
+        return WSConv2d(in_channels, out_channels, kernel_size, stride, groups, cfg.ws_eps,
+                        input_gain=gamma * beta)
+    conv = SameConv2d(in_channels, out_channels, kernel_size, stride, groups=groups,
+                      input_gain=gamma * beta)
+    fan_in = conv.weight[0].numel()
+    nn.init.normal_(conv.weight, 0.0, (2.0 / fan_in) ** 0.5 / gamma)
+    nn.init.zeros_(conv.bias)
+    return conv
+
+
+class Downsample(nn.Module):
+    """Projection shortcut: 1×1 conv, after a 2×2 avg pool when `pool` (else the conv strides)."""
+
+    def __init__(self, pool, conv):
+        super().__init__()
+        self.pool = AvgPoolSame() if pool else None
+        self.conv = conv
+
+    def forward(self, x):
+        return self.conv(x if self.pool is None else self.pool(x))
+
+
+def make_se(cfg, plan):
+    if not cfg.se_ratio:
+        return None
+    channels = plan.width if cfg.se_on_bottleneck else plan.out_channels
+    return SqueezeExcite(channels, max(1, int(channels * cfg.se_ratio)))
+
+
+class Bottleneck(nn.Module):
+    """Wiring shared by NF blocks and their BN twins: pre-activation, shortcut, 1×1, 3×3,
+    (second 3×3), (SE), 1×1, (SE). Subclasses build the layers and define `preact(i, x)`."""
+
+    def branch_and_shortcut(self, x):
+        a = self.preact(0, x)
+        shortcut = x if self.downsample is None else self.downsample(a)
+        out = self.conv_then_preact(self.conv1, 1, a)
+        last = self.conv2
+        if self.conv2b is not None:
+            out, last = self.conv_then_preact(self.conv2, 2, out), self.conv2b
+        if self.se is not None and self.se_on_bottleneck:
+            out = self.preact(3, self.se(last(out)))
+        else:
+            out = self.conv_then_preact(last, 3, out)
+        out = self.conv3(out)
+        gate = self.se.gate(out) if self.se is not None and not self.se_on_bottleneck else None
+        # the branch output is out · gate; the subclass's forward applies the gate (and
+        # stochastic depth) and calls `residual`
+        return out, gate, shortcut
+
+    def conv_then_preact(self, conv, index, x):
+        return self.preact(index, conv(x))
+
+
+class NFBlock(Bottleneck):
+    """`x + α · skip_gain · f(act(x) · β)`, with the NFNet, NF-ResNet or NF-RegNet branch f.
+
+    Every activation here is the plain f: its γ (and β for the block input) is the `input_gain`
+    of the conv it feeds.
+    """
+
+    def __init__(self, cfg, plan):
+        super().__init__()
+        self.alpha, self.beta = cfg.alpha, plan.beta
+        self.act = Activation(cfg.activation)
+        gamma = self.act.gamma
+        self.downsample = None
+        if plan.stride > 1 or plan.in_channels != plan.out_channels:
+            pool = plan.stride > 1 and cfg.shortcut_avg_pool
+            conv = make_conv(cfg, plan.in_channels, plan.out_channels, 1,
+                             1 if pool else plan.stride, gamma=gamma, beta=plan.beta)
+            self.downsample = Downsample(pool, conv)
+        self.conv1 = make_conv(cfg, plan.in_channels, plan.width, 1, gamma=gamma, beta=plan.beta)
+        self.conv2 = make_conv(cfg, plan.width, plan.width, 3, plan.stride, plan.groups, gamma)
+        self.conv2b = (make_conv(cfg, plan.width, plan.width, 3, 1, plan.groups, gamma)
+                       if cfg.second_conv else None)
+        self.conv3 = make_conv(cfg, plan.width, plan.out_channels, 1, gamma=gamma)
+        self.se_on_bottleneck = cfg.se_on_bottleneck
+        self.se = make_se(cfg, plan)
+        self.residual = nn.Identity()  # measurement point: a hook on it sees the branch f(x)
+        self.drop_path = StochasticDepth(plan.drop_rate, cfg.stochastic_depth_rescale)
+        self.skip_gain = nn.Parameter(torch.tensor(0.0 if cfg.skip_init else 1.0))
+
+    def preact(self, index, x):
+        return self.act(x)  # × γ (and β) inside the next conv
+
+    def conv_then_preact(self, conv, index, x):
+        return conv(x, activation=self.act)  # fused into the conv where it can be
+
+    def forward(self, x):
+        out, gate, shortcut = self.branch_and_shortcut(x)
+        if gate is not None and self.residual._forward_hooks:  # observed: materialise f(x)
+            out, gate = out * gate, None
+        out = self.residual(out)
+        # the SE gate and the drop-path mask ride on the skip-gain multiply: one full-size
+        # multiply-add per block (a separate gate multiply costs a pass forward, two backward)
+        multiplier = self.skip_gain * self.alpha
+        mask = self.drop_path.mask_for(out)
+        if mask is not None:
+            multiplier = mask * multiplier
+        if gate is not None:
+            multiplier = gate * multiplier
+        return torch.addcmul(shortcut, out, multiplier)
+
+
+class Head(nn.Module):
+    def __init__(self, in_features, num_classes, dropout, init):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.fc = nn.Linear(in_features, num_classes)
+        self.reset(num_classes, init)
+
+    def reset(self, num_classes, init="normal"):
+        fc = nn.Linear(self.fc.in_features, num_classes).to(self.fc.weight.device)
+        if init == "zeros":
+            nn.init.zeros_(fc.weight)
+        else:
+            nn.init.normal_(fc.weight, 0.0, 0.01)
+        nn.init.zeros_(fc.bias)
+        self.fc = fc
+
+    def forward(self, x):
+        return self.fc(self.dropout(x.mean(dim=(2, 3))))
+
+
+def check_input(x, cfg):
+    if not isinstance(x, torch.Tensor) or x.ndim != 4:
+        shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise InputError(f"expected an NCHW image batch (4 dims), got {shape}")
+    if not x.is_floating_point():
+        raise InputError(f"expected a floating-point input, got {x.dtype}")
+    if x.shape[1] != cfg.in_chans:
+        raise InputError(f"expected {cfg.in_chans} input channels, got {x.shape[1]} "
+                         f"(input shape {tuple(x.shape)})")
+    if min(x.shape[-2:]) < cfg.total_stride:
+        raise InputError(f"input {tuple(x.shape[-2:])} is smaller than the network's total "
+                         f"stride {cfg.total_stride}; use at least {cfg.total_stride} px")
+
+
+class ImageClassifier(nn.Module):
+    """`forward` = head(forward_features(x)), where the head is pool, dropout and `head.fc`."""
+
+    grad_checkpointing = False
+
+    def forward(self, x):
+        return self.head(self.forward_features(x))
+
+    def set_grad_checkpointing(self, enable=True):
+        """Recompute each stage's activations in backward instead of storing them (timm's name):
+        less memory for the large variants, about one more forward pass of time."""
+        self.grad_checkpointing = enable
+
+    def run_stage(self, stage, x):
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(stage, x, use_reentrant=False)  # replays the dropout RNG
+        return stage(x)
+
+    def reset_classifier(self, num_classes):
+        self.num_classes = num_classes
+        self.head.reset(num_classes, self.cfg.classifier_init)
+
+    def forward_stages(self, x):
+        """The output of every stage, for detection/segmentation backbones (like timm's
+        `features_only`); `feature_info` gives their channels and strides. These are residual
+        streams, not activated: their scale grows within a stage (docs/architecture.md §4)."""
+        check_input(x, self.cfg)
+        x = self.stem(x)
+        maps = []
+        for stage in self.stages:
+            x = self.run_stage(stage, x)
+            maps.append(x)
+        return maps
+
+    @property
+    def feature_info(self):
+        """[{"module", "channels", "reduction"}] of each `forward_stages` output."""
+        cfg = self.cfg
+        reduction = math.prod(cfg.stem_strides) * (2 if cfg.stem_max_pool else 1)
+        info = []
+        for i, (width, stride) in enumerate(zip(cfg.widths, cfg.strides)):
+            reduction *= stride
+            info.append({"module": f"stages.{i}", "channels": width, "reduction": reduction})
+        return info
+
+
+def build_stages(cfg, make_block):
+    """`stages.{s}.{b}`: per stage, an `nn.Sequential` of `make_block(plan)` for its blocks."""
+    return nn.Sequential(*(nn.Sequential(*map(make_block, stage_plans))
+                           for stage_plans in split_stages(plan_blocks(cfg), cfg.depths)))
+
+
+class Stem(nn.Sequential):
+    """Convs with plain activations between them, then an optional pool; each activation is
+    passed to the conv before it, which computes it inside the conv where it can."""
+
+    def forward(self, x):
+        layers, fused = list(self), False
+        for layer, following in zip(layers, layers[1:] + [None]):
+            if fused:  # this activation ran inside the previous conv
+                fused = False
+            elif isinstance(following, Activation) and hasattr(layer, "conv_weight"):
+                x, fused = layer(x, activation=following), True
+            else:
+                x = layer(x)
+        return x
+
+
+class NFNet(ImageClassifier):
+    """Stem → stages of NF blocks → (final conv, act) → pool, dropout, linear."""
+
+    def __init__(self, cfg, num_classes=1000):
+        super().__init__()
+        self.cfg, self.num_classes = cfg, num_classes
+        self.act = ScaledActivation(cfg.activation)
+        stem, in_channels = Stem(), cfg.in_chans
+        for i, (width, stride) in enumerate(zip(cfg.stem_widths, cfg.stem_strides)):
+            if i:
+                stem.add_module(f"act{i}", Activation(cfg.activation))
+            stem.add_module(f"conv{i + 1}", make_conv(
+                cfg, in_channels, width, cfg.stem_kernel, stride,
+                gamma=self.act.gamma if i else 1.0))
+            in_channels = width
+        if cfg.stem_max_pool:
+            stem.add_module("pool", MaxPoolSame(3, 2))
+        self.stem = stem
+        self.stages = build_stages(cfg, lambda plan: NFBlock(cfg, plan))
+        channels = cfg.widths[-1]
+        self.final_conv = None
+        if cfg.final_channels:
+            self.final_conv = make_conv(cfg, channels, cfg.final_channels, 1)  # input: no act
+            channels = cfg.final_channels
+        self.num_features = channels
+        self.head = Head(channels, num_classes, cfg.dropout, cfg.classifier_init)
+
+    def forward_features(self, x):
+        """Activated final feature map, (N, num_features, H/stride, W/stride)."""
+        x = self.forward_stages(x)[-1]
+        if self.final_conv is not None:
+            x = self.final_conv(x)
+        return self.act(x)

@@ -1,0 +1,165 @@
+"""The model zoo: every named variant as one `NFConfig` line, `create_model`, and the parameter /
+MAC counts of docs/architecture.md §6.
+
+Small-image variants (`*_s*`, `*_tiny`) are ours: the papers' block rules with smaller widths and
+stems. `numerics="timm"` switches a config to timm's `dm_nfnet_*` conventions (exact GELU, WS eps
+added, stochastic depth rescaled) so that timm's weights give timm's logits.
+"""
+
+from dataclasses import replace
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..errors import ConfigError
+from .bn_twins import ORDERS, BNNet
+from .config import CONFIG_FIELDS, NFConfig
+from .network import NFNet
+
+
+def _nfnet(n, plus=False, **kw):
+    """NFNet-F{n}: depths (1, 2, 6, 3)·(n + 1); per-variant sizes and dropout
+    (docs/architecture.md §6)."""
+    sizes = [(192, 256), (224, 320), (256, 352), (320, 416), (384, 512), (416, 544),
+             (448, 576), (480, 608)]
+    widths, stem_end, final = ((384, 768, 2048, 2048), 192, 4096) if plus else (
+        (256, 512, 1536, 1536), 128, 3072)
+    return NFConfig(depths=tuple(d * (n + 1) for d in (1, 2, 6, 3)), widths=widths,
+                    stem_widths=(16, 32, 64, stem_end), final_channels=final,
+                    dropout=(0.2, 0.3, 0.4, 0.4, 0.5, 0.5, 0.5, 0.5)[n],
+                    train_size=sizes[n][0], test_size=sizes[n][1], **kw)
+
+
+NF_RESNET = NFConfig(
+    depths=(3, 4, 6, 3), widths=(256, 512, 1024, 2048), strides=(1, 2, 2, 2),
+    activation="relu", bottleneck_ratio=0.25, group_width=None, second_conv=False,
+    se_ratio=None, shortcut_avg_pool=False, stem_widths=(64,), stem_strides=(2,),
+    stem_kernel=7, stem_max_pool=True, final_channels=0, dropout=0.0, stochastic_depth=0.1)
+
+
+def _nf_regnet(widths, depths, train_size, test_size, dropout):
+    widths = tuple(int(w * 0.75) for w in widths)
+    return NFConfig(
+        depths=depths, widths=widths, strides=(2, 2, 2, 2), activation="silu",
+        bottleneck_ratio=2.25, bottleneck_from_input=True, first_block_ratio=1.0, group_width=8,
+        second_conv=False, se_ratio=0.5, se_on_bottleneck=True, stem_widths=(widths[0],),
+        stem_strides=(2,), final_channels=1280 * widths[-1] // 440, dropout=dropout,
+        stochastic_depth=0.1, classifier_init="zeros", train_size=train_size,
+        test_size=test_size)
+
+
+# Small-image variants (28-64 px, ours): NFNet blocks with narrower stages, group width 32, a
+# two-conv stem of stride 2 and stage strides 1, 1, 2, 2, so 28 px reaches the last stage at
+# 4×4. SiLU: on CPU the tanh GELU is a large part of a training step, SiLU less
+# (docs/results.md); its γ comes from the same table.
+_SMALL = dict(strides=(1, 1, 2, 2), stem_strides=(2, 1), stem_widths=(16, 32), group_width=32,
+              final_channels=0, train_size=28, test_size=28, in_chans=1, dropout=0.1,
+              stochastic_depth=0.1, activation="silu")
+
+VARIANTS = {
+    **{f"nfnet_f{n}": _nfnet(n) for n in range(8)},
+    **{f"nfnet_f{n}_plus": _nfnet(n, plus=True) for n in range(8)},
+    **{f"nf_resnet{k}": replace(NF_RESNET, depths=d) for k, d in [
+        (26, (2, 2, 2, 2)), (50, (3, 4, 6, 3)), (101, (3, 4, 23, 3)), (152, (3, 8, 36, 3)),
+        (200, (3, 24, 36, 3)), (288, (24, 24, 24, 24)), (600, (50, 50, 50, 50))]},
+    "nf_regnet_b0": _nf_regnet((48, 104, 208, 440), (1, 3, 6, 6), 192, 224, 0.2),
+    "nf_regnet_b1": _nf_regnet((48, 104, 208, 440), (2, 4, 7, 7), 224, 256, 0.2),
+    "nf_regnet_b2": _nf_regnet((56, 112, 232, 488), (2, 4, 8, 8), 240, 272, 0.3),
+    "nf_regnet_b3": _nf_regnet((56, 128, 248, 528), (2, 5, 9, 9), 288, 320, 0.3),
+    "nf_regnet_b4": _nf_regnet((64, 144, 288, 616), (2, 6, 11, 11), 320, 384, 0.4),
+    "nf_regnet_b5": _nf_regnet((80, 168, 336, 704), (3, 7, 14, 14), 384, 456, 0.4),
+    "nfnet_s0": NFConfig(depths=(1, 1, 2, 1), widths=(64, 128, 256, 256), **_SMALL),
+    # The stem keeps 28 px and the first block halves it: its two 3×3 convs see every pixel,
+    # for a little more time per step and higher accuracy (docs/results.md, fmnist-long).
+    "nfnet_s1": NFConfig(depths=(1, 2, 3, 2), widths=(96, 192, 384, 384),
+                         **{**_SMALL, "stem_strides": (1, 1), "strides": (2, 1, 2, 2)}),
+    "nf_resnet_s26": replace(NF_RESNET, depths=(2, 2, 2, 2), widths=(64, 128, 256, 512),
+                             stem_widths=(32,), stem_strides=(1,), stem_kernel=3,
+                             stem_max_pool=False, train_size=28, test_size=28, in_chans=1),
+    "nfnet_tiny": NFConfig(depths=(1, 1), widths=(32, 64), strides=(1, 2), stem_widths=(8, 16),
+                           stem_strides=(2, 1), group_width=8, se_ratio=0.25, final_channels=64,
+                           dropout=0.0, stochastic_depth=0.0, train_size=16, test_size=16),
+}
+
+def apply_numerics(cfg, numerics):
+    """'deepmind' (reference) or 'timm' (exact GELU, WS eps added, rescaled stochastic depth)."""
+    if numerics == "deepmind":
+        return cfg
+    if numerics == "timm":
+        activation = "gelu_exact" if cfg.activation == "gelu" else cfg.activation
+        return replace(cfg, activation=activation, ws_eps="add", stochastic_depth_rescale=True)
+    raise ConfigError(f"numerics must be 'deepmind' or 'timm', got {numerics!r}")
+
+
+def bn_twin_name(name):
+    """`nf_resnet50` → `resnet50_bn`, `nfnet_s0` → `nfnet_s0_bn`."""
+    return name.replace("nf_", "", 1) + "_bn"
+
+
+BN_TWINS = {bn_twin_name(name): name for name in VARIANTS
+            if name.startswith(("nf_resnet", "nfnet_s", "nfnet_tiny"))}
+
+
+def list_models():
+    """Every model name `create_model` accepts: NF variants, then their BN twins."""
+    return list(VARIANTS) + list(BN_TWINS)
+
+
+def get_config(name):
+    if name in VARIANTS:
+        return VARIANTS[name]
+    if name in BN_TWINS:
+        return VARIANTS[BN_TWINS[name]]
+    raise ConfigError(f"unknown model {name!r}; available: {', '.join(list_models())}")
+
+
+def create_model(name, num_classes=1000, *, numerics="deepmind", **overrides):
+    """Build a model by name. Returns logits for NCHW float input.
+
+    `numerics`: "deepmind" (the reference, default) or "timm" (timm's `dm_nfnet_*` conventions).
+    `overrides`: any `NFConfig` field (e.g. `in_chans=1`, `dropout=0.0`); BN twins also take
+    `order` ("bn_act" or "act_bn").
+    """
+    cfg = get_config(name)
+    order = overrides.pop("order", "bn_act") if name in BN_TWINS else None
+    unknown = sorted(set(overrides) - set(CONFIG_FIELDS))
+    if unknown:
+        extra = " and 'order'" if order is not None else ""
+        raise ConfigError(f"unknown override(s) {unknown} for {name!r}; valid keys: "
+                         f"{', '.join(CONFIG_FIELDS)}{extra}")
+    if not isinstance(num_classes, int) or num_classes < 1:
+        raise ConfigError(f"num_classes must be a positive integer, got {num_classes!r}")
+    cfg = apply_numerics(replace(cfg, **overrides), numerics)
+    if order is not None:
+        if order not in ORDERS:
+            raise ConfigError(f"order must be one of {ORDERS}, got {order!r}")
+        model = BNNet(cfg, num_classes, order)
+    else:
+        model = NFNet(cfg, num_classes)
+    model.name = name
+    return model
+
+
+def count_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model, image_size=None):
+    """Multiply-accumulates of one forward pass at `image_size` (default: the test size).
+
+    Counts convolutions and linear layers (SE and classifier), as docs/architecture.md §6 does.
+    Runs on the meta device, so it is fast and allocates nothing even for the largest variants.
+    """
+    size = image_size or model.cfg.test_size
+    meta = {k: torch.empty_like(v, device="meta")
+            for k, v in list(model.named_parameters()) + list(model.named_buffers())}
+    x = torch.empty(1, model.cfg.in_chans, size, size, device="meta")
+    counter = FlopCounterMode(display=False)
+    was_training = model.training
+    model.eval()
+    try:
+        with counter, torch.no_grad():
+            torch.func.functional_call(model, meta, (x,))
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops() // 2

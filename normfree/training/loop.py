@@ -1,0 +1,263 @@
+"""The training loop: `train(cfg)` reads top to bottom; each phase is a named helper.
+
+Restore (or start) → epochs of `train_step`s with checkpoints → validation, where raw vs EMA
+weights are chosen → test, export and results. Under torchrun each process trains its part of
+every global batch (`distributed.py`); rank 0 alone logs and writes files.
+"""
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from ..data.batches import Normalize
+from ..data.datasets import make_data
+from ..errors import CheckpointError
+from ..evaluation import evaluate
+from ..files import save_json
+from ..runtime import machine_info
+from ..weights.metadata import check_layout, export_weights, layout_of
+from . import distributed
+from .checkpoints import load_checkpoint, rng_states, save_checkpoint, set_rng_states
+from .config import TrainConfig, to_dict
+from .logs import EpochTally, MetricsLog, plot_curves
+from .optim import EMA, batch_mixer, build_optimizer, load_optimizer_state, lr_at, train_step
+from .runs import (compiled, freeze, initialise_from, memory_format, model_for, prepare_out_dir,
+                   preprocessing_of, resolve_config, resumable_config)
+from .signals import StopOnSignal, TrainingStopped
+
+
+@dataclass
+class Run:
+    """Everything one training process works with, and where it has got to."""
+
+    cfg: TrainConfig
+    procs: distributed.Processes
+    device: torch.device
+    out: Path
+    data: Any
+    model: nn.Module
+    forward: Any  # the model as train steps call it: DDP-wrapped and compiled where asked
+    optimizer: torch.optim.Optimizer
+    ema: Optional[EMA]
+    mix: Any
+    normalize: Normalize
+    log: Optional[MetricsLog] = None
+    step: int = 0
+    epoch: int = 0
+    selected: Optional[tuple] = None  # ("raw" or "ema", validation top-1) at the last validation
+
+    @property
+    def steps_per_epoch(self):
+        return len(self.data.train)
+
+    def lr(self):
+        steps = self.steps_per_epoch
+        return lr_at(self.step, self.cfg.lr, round(self.cfg.warmup_epochs * steps),
+                     self.cfg.epochs * steps)
+
+
+def train(cfg: TrainConfig):
+    """Train, select raw vs EMA weights on the validation split, report on the test set.
+
+    Returns the results (rank 0; the other ranks of a torchrun job return None).
+    """
+    procs, device = distributed.start(cfg.device)
+    try:
+        result = _train(cfg, procs, device)
+    except TrainingStopped:  # every process stopped at the same step: leave together
+        distributed.stop(procs)
+        raise
+    # other errors leave without a barrier (peers may be waiting in a collective); torchrun
+    # then stops the other processes
+    distributed.stop(procs)
+    return result
+
+
+def _train(cfg, procs, device):
+    started = time.time()
+    out = Path(distributed.gather(procs, str(prepare_out_dir(cfg)) if procs.main else None)[0])
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    path = out / "checkpoint.pt"
+    state = load_checkpoint(path, map_location=device) if cfg.resume and path.is_file() else None
+    cfg, source = resolve_config(cfg, device, state and state["config"])
+    run = build_run(cfg, procs, device, out, source)
+    if state is not None:
+        restore(run, state, path)
+    announce(run)
+    with StopOnSignal() as stop:
+        for epoch in range(run.epoch, cfg.epochs):
+            tally = train_epoch(run, epoch, stop, state if epoch == run.epoch else None)
+            if procs.main:
+                end_epoch(run, epoch, tally)
+    return finish(run, started) if procs.main else None
+
+
+def build_run(cfg, procs, device, out, source):
+    """Data, model (initialised from `source` weights when fine-tuning), optimizer and EMA."""
+    data = make_data(cfg)
+    data.train.shard(procs.rank, procs.world_size)
+    torch.manual_seed(cfg.seed)  # the initial weights depend on the seed and nothing else
+    model = model_for(cfg, data)
+    if source is not None:
+        initialise_from(model, source, data.classes)
+    freeze(model, cfg.freeze)
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
+    if procs.distributed and device.type == "cuda":  # SyncBatchNorm runs on GPUs only
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model.to(device, memory_format=memory_format(cfg))
+    # DDP averages the gradients during backward, so AGC clips the global-batch gradient
+    forward = compiled(DistributedDataParallel(model) if procs.distributed else model, cfg, device)
+    return Run(cfg, procs, device, out, data, model, forward, build_optimizer(cfg, model),
+               EMA(model, cfg.ema_decay) if cfg.ema_decay else None,
+               batch_mixer(cfg, len(data.classes)), Normalize(data.mean, data.std).to(device))
+
+
+def restore(run, state, path):
+    """Continue from a checkpoint written with the same config."""
+    if resumable_config(run.cfg, state["config"]) != run.cfg:
+        raise CheckpointError(f"{path} was written with another config; resume with the same "
+                              "flags")
+    check_layout(run.model, state.get("layout"), path)
+    run.model.load_state_dict(state["model"])
+    load_optimizer_state(run.optimizer, state["optimizer"])
+    if run.ema is not None:
+        run.ema.module.load_state_dict(state["ema"])
+    run.step, run.epoch, run.selected = state["step"], state["epoch"], state["selected"]
+
+
+def announce(run):
+    """Print the resolved config; rank 0 also writes it and opens the metrics log."""
+    if not run.procs.main:
+        return
+    params = sum(p.numel() for p in run.model.parameters())
+    over = f" over {run.procs.world_size} processes" if run.procs.distributed else ""
+    print(f"normfree train: {run.cfg}\n  {params:,} params, {run.steps_per_epoch} steps/epoch"
+          f"{over}, output in {run.out}", flush=True)
+    save_json(run.out / "config.json", to_dict(run.cfg))
+    run.log = MetricsLog(run.out, run.cfg.tensorboard, keep_epochs=run.epoch)
+
+
+def save_run_checkpoint(run, epoch, tally=None):
+    """Checkpoint at `epoch` (completed epochs); with the unfinished epoch's `tally` a
+    mid-epoch checkpoint, which is a collective under DDP (every rank's RNG state)."""
+    rng = distributed.gather(run.procs, rng_states()) if tally else None
+    tally = tally and tally.summed(run.procs, run.device)
+    if run.procs.main:
+        save_checkpoint(run.out / "checkpoint.pt", {
+            "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+            "ema": run.ema.module.state_dict() if run.ema else None, "step": run.step,
+            "epoch": epoch, "tally": tally and tally.state(), "rng": rng,
+            "selected": run.selected, "config": to_dict(run.cfg), "model_name": run.cfg.model,
+            "layout": layout_of(run.model), "classes": list(run.data.classes)})
+
+
+def train_epoch(run, epoch, stop, resumed=None):
+    """One pass over the training data (from where a mid-epoch checkpoint `resumed` left it);
+    returns the epoch's tally summed over processes."""
+    cfg, procs = run.cfg, run.procs
+    # per-epoch seeds make resume exact; the data order is global, the rest per rank
+    torch.manual_seed(cfg.seed * 100003 + epoch + 1000003 * procs.rank)
+    run.data.train.generator.manual_seed(cfg.seed * 100003 + epoch)
+    tally = EpochTally()
+    if resumed is not None and resumed.get("tally"):
+        saved = resumed["tally"]  # sums over all processes
+        tally = EpochTally(**saved) if procs.main else EpochTally(saved["batches"])
+        if len(resumed["rng"]) == procs.world_size:  # else: not bit-exact, same order
+            set_rng_states(resumed["rng"][procs.rank])
+    run.model.train()
+    bar = tqdm(run.data.train.iterate(tally.batches), total=run.steps_per_epoch,
+               initial=tally.batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+               disable=None if cfg.progress and procs.main else True, dynamic_ncols=True)
+    for images, labels in bar:
+        lr = run.lr()
+        for group in run.optimizer.param_groups:
+            group["lr"] = lr
+        images = run.normalize(images.to(run.device, non_blocking=True))
+        images = images.contiguous(memory_format=memory_format(cfg))
+        labels = labels.to(run.device, non_blocking=True)
+        loss, clipped, logits = train_step(run.forward, run.optimizer, images, labels, cfg,
+                                           run.mix, run.step + 1)
+        run.step += 1
+        if run.ema is not None:
+            run.ema.update(run.model, run.step)
+        tally.add(loss, logits, labels, clipped)
+        bar.set_postfix(loss=f"{tally.loss_sum / tally.seen:.3f}", lr=f"{lr:.3g}")
+        stopping = stop.requested(procs, run.device)  # all ranks agree on the step
+        if stopping or (cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0
+                        and tally.batches < run.steps_per_epoch):
+            save_run_checkpoint(run, epoch, tally)
+        if stopping:
+            raise TrainingStopped(f"stopped by {stopping.name} at step {run.step}; the "
+                                  f"checkpoint in {run.out} is saved: continue with --resume",
+                                  stopping)
+    return tally.summed(procs, run.device)
+
+
+def validate(run, model):
+    cfg = run.cfg
+    return evaluate(model, run.data.val, run.normalize, tta_flip=cfg.tta_flip, bf16=cfg.bf16,
+                    memory_format=memory_format(cfg), what="validation images")
+
+
+def select_weights(val, val_ema, has_ema):
+    """("raw" or "ema", validation top-1): the better on validation, or without a validation
+    split the EMA when there is one."""
+    if val is None:
+        return ("ema" if has_ema else "raw", None)
+    candidates = [("raw", val["top1"])] + ([("ema", val_ema["top1"])] if val_ema else [])
+    return max(candidates, key=lambda c: c[1])
+
+
+def end_epoch(run, epoch, tally):
+    """Rank 0: validate when due (always after the last epoch, where raw vs EMA is chosen),
+    print and log the epoch, checkpoint."""
+    cfg = run.cfg
+    due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+    val = validate(run, run.model) if due and run.data.val else None
+    val_ema = validate(run, run.ema.module) if due and run.data.val and run.ema else None
+    lr = run.lr()
+    row = {"epoch": epoch + 1, "step": run.step, **tally.summary(), "lr": lr,
+           "val_loss": val and val["loss"], "val_acc": val and val["top1"],
+           "val_acc_ema": val_ema and val_ema["top1"]}
+    print(f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
+          f"train {row['train_acc']:.2f}%" + (f"  val {val['top1']:.2f}%" if val else "")
+          + (f"  val(EMA) {val_ema['top1']:.2f}%" if val_ema else "")
+          + f"  {row['img_per_s']:.0f} img/s  lr {lr:.4f}  AGC clipped "
+          f"{100 * row['agc_clipped']:.1f}% of units  ({row['epoch_seconds']:.0f}s)", flush=True)
+    if due:
+        run.selected = select_weights(val, val_ema, run.ema is not None)
+    save_run_checkpoint(run, epoch + 1)
+    run.log.append(row)  # after the checkpoint: a resumed run rewrites rows it redoes
+
+
+def finish(run, started):
+    """Test the chosen weights; write curves.png, model.safetensors and results.json."""
+    cfg, out = run.cfg, run.out
+    run.log.close()
+    use_ema = run.ema is not None and run.selected and run.selected[0] == "ema"
+    chosen = run.ema.module if use_ema else run.model
+    test = evaluate(chosen, run.data.test, run.normalize, tta_flip=cfg.tta_flip, bf16=cfg.bf16,
+                    memory_format=memory_format(cfg), what="test images")
+    plot_curves(out / "metrics.csv", out / "curves.png")
+    export_weights(chosen, out / "model.safetensors",
+                   {"model": cfg.model, "numerics": cfg.numerics or "deepmind",
+                    "classes": list(run.data.classes),
+                    "preprocessing": preprocessing_of(cfg, run.data), "config": to_dict(cfg)})
+    results = {"test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"],
+               "weights": run.selected[0] if run.selected else "raw",
+               "val_top1": run.selected[1] if run.selected else None,
+               "epochs": cfg.epochs, "steps": run.step, "train_seconds": time.time() - started,
+               "seed": cfg.seed, "machine": machine_info(), "out_dir": str(out)}
+    save_json(out / "results.json", results)
+    print(f"test top-1 {test['top1']:.2f}%  top-5 {test['top5']:.2f}%  "
+          f"({results['weights']} weights, {results['train_seconds'] / 60:.1f} min)\n"
+          f"artefacts: {out}/ (results.json, metrics.csv, curves.png, checkpoint.pt, "
+          "model.safetensors)", flush=True)
+    return results

@@ -1,0 +1,141 @@
+"""What a training run is built from: its resolved config, model (fresh, fine-tuned from
+weights, partly frozen, compiled), output directory, and the metadata its exported weights carry.
+"""
+
+import shutil
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..data.batches import Normalize
+from ..data.datasets import make_data
+from ..errors import CheckpointError, ConfigError
+from ..evaluation import evaluate
+from ..nn.variants import create_model, get_config
+from ..runtime import bf16_available, default_device
+from ..weights.metadata import check_layout
+from ..weights.pretrained import load_pretrained, reference_preprocessing
+from .checkpoints import load_checkpoint
+from .config import from_dict
+
+
+def model_for(cfg, data):
+    """The run's model: `cfg.model` sized for the data, with the config's regularisation."""
+    overrides = {k: getattr(cfg, k) for k in ("dropout", "stochastic_depth", "skip_init")
+                 if getattr(cfg, k) is not None}
+    return create_model(cfg.model, len(data.classes), numerics=cfg.numerics or "deepmind",
+                        in_chans=data.in_chans, **overrides)
+
+
+def resolve_config(cfg, device, saved=None):
+    """Fill the automatic (None) fields, so the saved config replays the run exactly; when
+    resuming, as the `saved` config resolved them.
+
+    Returns the config and, with `init_from` on a fresh run, the loaded source model.
+    """
+    source = None
+    if saved is not None:
+        cfg = replace(cfg, **{k: saved[k] for k in ("model", "numerics", "image_size")
+                              if getattr(cfg, k) is None and k in saved})
+    if cfg.bf16 is None:
+        cfg = replace(cfg, bf16=bf16_available(device))
+    if cfg.init_from and saved is None:
+        source = load_pretrained(cfg.init_from, cfg.model, device)
+        cfg = replace(cfg, model=source.name, numerics=cfg.numerics or source.numerics)
+    if cfg.model is None:
+        raise ConfigError("--model: none given and no --init-from weights to take it from")
+    if cfg.image_size is None:
+        cfg = replace(cfg, image_size=get_config(cfg.model).train_size)
+    return cfg, source
+
+
+def initialise_from(model, source, classes):
+    """Copy `source`'s weights into `model`; keep its classifier only for the same classes."""
+    state = source.model.state_dict()
+    if tuple(source.classes) != tuple(classes):
+        state = {k: v for k, v in state.items() if not k.startswith("head.fc.")}
+    mine = model.state_dict()
+    misfit = [k for k in mine if k in state and state[k].shape != mine[k].shape]
+    if misfit or set(state) - set(mine):
+        raise CheckpointError(f"--init-from {source.name} weights do not fit the run's model "
+                              f"(mis-shaped: {misfit[:4]}; is --in-chans or --model different?)")
+    model.load_state_dict(state, strict=False)
+
+
+def freeze(model, names):
+    """`requires_grad_(False)` on the comma-separated modules `names` (e.g. "stem,stages.0")."""
+    for name in filter(None, (n.strip() for n in (names or "").split(","))):
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            top = [n for n, _ in model.named_children()]
+            raise ConfigError(f"--freeze: the model has no module {name!r}; its top-level "
+                             f"modules are {top} (stages are stages.0, stages.1, ...)") from None
+        module.requires_grad_(False)
+
+
+def compiled(model, cfg, device):
+    """`torch.compile(model)` when `cfg.compile` asks and the backend can run here."""
+    if not cfg.compile:
+        return model
+    if device.type == "cpu" and not (shutil.which("c++") or shutil.which("g++")):
+        warnings.warn("--compile: no C++ compiler on PATH (inductor needs one on CPU); "
+                      "training without torch.compile", stacklevel=2)
+        return model
+    return torch.compile(model)
+
+
+def preprocessing_of(cfg, data):
+    """How `predict`/`eval --weights` must prepare images for this run's model."""
+    pre = reference_preprocessing(data.image_size, data.in_chans, data.mean, data.std)
+    if cfg.dataset != "folder":  # in-memory datasets are already at their size
+        pre.update(resize=data.image_size, interpolation="bilinear")
+    return pre
+
+
+def prepare_out_dir(cfg):
+    """The run directory: new (refusing a non-empty one) or, with `resume`, the run to continue.
+
+    `--resume` without a checkpoint there yet starts the run, so one command serves the first
+    start and every restart (torchrun --max-restarts, job schedulers).
+    """
+    out = Path(cfg.out_dir or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and any(out.iterdir()) and not cfg.resume:
+        raise ConfigError(f"output directory {out} already exists: pass --resume to "
+                              "continue that run, or choose another --out-dir")
+    if cfg.resume and not (out / "checkpoint.pt").is_file():
+        print(f"--resume: no checkpoint in {out} yet: starting the run", flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def resumable_config(cfg, saved):
+    """The saved config with this run's execution-only fields, for comparing on resume."""
+    keep = {"resume", "progress", "tensorboard", "threads", "workers", "out_dir", "device",
+            "bf16", "compile", "grad_checkpointing", "checkpoint_every"}
+    return from_dict({**saved, **{k: getattr(cfg, k) for k in keep}})
+
+
+def memory_format(cfg):
+    return torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+
+def evaluate_checkpoint(path, data_dir=None, split="test", device=None):
+    """Top-1/top-5 of the weights a run selected (EMA or raw) on its dataset's `split`."""
+    state = load_checkpoint(path)
+    cfg = from_dict(state["config"])
+    if data_dir is not None:
+        cfg = replace(cfg, data_dir=data_dir)
+    device = default_device(device)
+    data = make_data(cfg)
+    model = model_for(cfg, data)
+    weights = state["selected"][0] if state.get("selected") else "raw"
+    check_layout(model, state.get("layout"), path)
+    model.load_state_dict(state["ema"] if weights == "ema" else state["model"])
+    model.to(device, memory_format=memory_format(cfg))
+    result = evaluate(model, getattr(data, split), Normalize(data.mean, data.std).to(device),
+                      tta_flip=cfg.tta_flip, bf16=cfg.bf16, memory_format=memory_format(cfg))
+    return {**result, "weights": weights, "split": split, "checkpoint": str(path)}

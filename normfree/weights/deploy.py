@@ -1,0 +1,83 @@
+"""Inference-only forms of a model: Scaled WS folded into plain convs, and ONNX export."""
+
+import copy
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..errors import MissingDependency
+from ..files import atomic_write
+from ..nn.network import NFBlock
+from ..nn.padding import SameConv2d
+from ..nn.ws_conv import WSConv2d
+
+
+@torch.no_grad()
+def fold_ws(model):
+    """Make `model` an inference model, in place, and return it (in eval mode).
+
+    Every `WSConv2d` becomes a `SameConv2d` holding its standardised weight Ŵ (gain, γ and β
+    included), so no standardisation runs per call. In blocks without squeeze-excite, α · skip
+    gain is folded into the last conv too (exact: that conv's output only feeds the residual
+    sum); with SE it stays, because the SE gate is not linear in its input. Train the unfolded
+    model: a folded one has plain weights.
+    """
+    model.eval()
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, WSConv2d):
+                conv = SameConv2d(child.in_channels, child.out_channels, child.kernel_size,
+                                  stride=child.stride, dilation=child.dilation,
+                                  groups=child.groups, bias=True)
+                # Ŵ keeps W's memory format (channels_last stays channels_last)
+                conv.weight = nn.Parameter(child.standardized_weight().detach().clone(
+                    memory_format=torch.preserve_format), requires_grad=False)
+                conv.bias = nn.Parameter(child.bias.detach().clone(), requires_grad=False)
+                setattr(parent, name, conv)
+    for block in model.modules():
+        if isinstance(block, NFBlock) and block.se is None:
+            scale = block.skip_gain * block.alpha
+            block.conv3.weight.mul_(scale)
+            block.conv3.bias.mul_(scale)
+            block.skip_gain.fill_(1.0)
+            block.alpha = 1.0
+    return model
+
+
+def export_onnx(model, path, image_size, batch_size=1, check=True, opset=18):
+    """Fold a copy of `model` and export it to ONNX (dynamic batch, fixed `image_size`).
+
+    TF 'SAME' padding is resolved for `image_size`, so the file is valid at that size only.
+    With `check`, onnxruntime runs the file and its logits must match PyTorch's within 1e-4
+    (relative to the largest logit); returns that error (None without `check`).
+    """
+    try:
+        import onnx  # noqa: F401  (torch.onnx needs it)
+        import onnxruntime
+    except ImportError:
+        raise MissingDependency("ONNX export needs the onnx extra: pip install "
+                                "'normfree[onnx]'") from None
+    folded = fold_ws(copy.deepcopy(model)).float().cpu()
+    images = torch.randn(batch_size, folded.cfg.in_chans, image_size, image_size,
+                         generator=torch.Generator().manual_seed(0))
+
+    def write(f):
+        with warnings.catch_warnings():  # the tracer fixes sizes and paddings: as documented
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(folded, (images,), f, input_names=["images"], output_names=["logits"],
+                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                              opset_version=opset, dynamo=False)
+    atomic_write(path, write)
+    if not check:
+        return None
+    session = onnxruntime.InferenceSession(str(Path(path)), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(None, {"images": images.numpy()})
+    expected = folded(images)
+    error = ((torch.from_numpy(logits) - expected).abs().max() / expected.abs().max()).item()
+    if error > 1e-4:
+        Path(path).unlink()
+        raise RuntimeError(f"ONNX output differs from PyTorch by {error:.2e} (relative); the "
+                           "file was removed")
+    return error

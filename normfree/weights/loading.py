@@ -1,0 +1,103 @@
+"""Weights into models, strictly: read a state dict from any supported file, rename it through
+the key maps, and load it with every missing, unexpected or mis-shaped key named. Everything is
+checked before the model is touched, so a failed load leaves the model as it was."""
+
+import re
+from pathlib import Path
+
+import safetensors.torch
+import torch
+
+from ..errors import CheckpointError
+from ..nn.variants import VARIANTS
+from . import haiku
+from .keymaps import convert_state_dict, detect_format
+
+
+def read_state_dict(source):
+    """A state dict from a path (.safetensors, or a torch file read with weights_only=True)."""
+    if isinstance(source, dict):
+        state = source
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise CheckpointError(f"weights file {path} does not exist")
+        if haiku.is_haiku_pickle(path):
+            return haiku.haiku_state_dict(haiku.read_haiku_file(path))
+        try:
+            if path.suffix == ".safetensors":
+                state = safetensors.torch.load_file(path)
+            else:
+                state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as e:
+            raise CheckpointError(f"{path}: cannot read weights ({type(e).__name__}: "
+                                  f"{str(e)[:200]})") from None
+    if isinstance(state, dict) and "model" in state and "config" in state:
+        state = state["model"]  # a normfree training checkpoint
+    for key in ("state_dict", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
+                                              for v in state.values()):
+        raise CheckpointError(f"{source if not isinstance(source, dict) else 'state dict'}: "
+                              "expected a mapping of parameter names to tensors")
+    return state
+
+
+def _depths(keys):
+    """Blocks per stage found among `stages.{s}.{b}.` keys."""
+    blocks = {}
+    for key in keys:
+        m = re.match(r"stages\.(\d+)\.(\d+)\.", key)
+        if m:
+            s, b = int(m.group(1)), int(m.group(2))
+            blocks[s] = max(blocks.get(s, 0), b + 1)
+    return tuple(blocks[s] for s in sorted(blocks))
+
+
+def _variant_hint(keys, model):
+    found = _depths(keys)
+    mine = tuple(model.cfg.depths)
+    if found == mine:
+        return ""
+    names = [n for n, c in VARIANTS.items() if tuple(c.depths) == found]
+    held = f" ({' or '.join(names[:4])})" if names else ""
+    return (f"; the weights hold a model with stage depths {found}{held}, this model has "
+            f"{mine} ({getattr(model, 'name', type(model).__name__)})")
+
+
+def load_weights(model, source, fmt=None):
+    """Load `source` (path or state dict; normfree or timm format) into `model`, strictly.
+
+    Raises `CheckpointError` naming every missing, unexpected or mis-shaped key; the model is
+    unchanged when it does.
+    """
+    state = read_state_dict(source)
+    fmt = fmt or detect_format(state)
+    state = convert_state_dict(state, fmt)
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+                       for k in set(state) & set(expected) if state[k].shape != expected[k].shape)
+    if missing or unexpected or misshaped:
+        parts = [f"{label} ({len(items)}): {', '.join(items[:8])}"
+                 + (" ..." if len(items) > 8 else "")
+                 for label, items in (("missing", missing), ("unexpected", unexpected),
+                                      ("mis-shaped", misshaped)) if items]
+        raise CheckpointError(f"weights ({fmt} format) do not fit the model: "
+                              + "; ".join(parts) + _variant_hint(state, model))
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+def infer_variant(state):
+    """The NFNet-F* variant (or its "+" twin) whose depths and stem width a state dict has."""
+    depths = _depths(state)
+    stem_width = state["stem.conv4.weight"].shape[0] if "stem.conv4.weight" in state else None
+    for name, cfg in VARIANTS.items():
+        if (name.startswith("nfnet_f") and tuple(cfg.depths) == depths
+                and cfg.stem_widths[-1] == stem_width):
+            return name
+    raise CheckpointError(f"cannot tell the variant of weights with stage depths {depths}; "
+                          "pass --model NAME")
