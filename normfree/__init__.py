@@ -1,18 +1,33 @@
 """normfree: normalizer-free networks (NFNets, NF-ResNets, NF-RegNets) for PyTorch.
 
-The public API; the package layout is described in docs/architecture.md §14.
+The public API, each name imported on first use (so that `normfree --help` starts without
+torch); the package layout is described in docs/architecture.md §14.
 """
 
-from .nn.config import NFConfig, block_betas
-from .nn.variants import VARIANTS, count_macs, count_params, create_model, list_models
-from .training.agc import adaptive_clip_grad_, param_groups
-from .training.config import TrainConfig
-from .training.loop import train
-from .weights.deploy import export_onnx, fold_ws
-from .weights.loading import load_weights
-from .weights.pretrained import load_pretrained, predict
+import importlib
 
-__all__ = ["NFConfig", "TrainConfig", "VARIANTS", "adaptive_clip_grad_", "block_betas",
-           "count_macs", "count_params", "create_model", "export_onnx", "fold_ws",
-           "list_models", "load_pretrained", "load_weights", "param_groups", "predict", "train"]
 __version__ = "0.1.0"
+
+_API = {  # public name → the module defining it
+    "NFConfig": "nn.config", "block_betas": "nn.config", "VARIANTS": "nn.variants",
+    "list_models": "nn.variants", "create_model": "nn.zoo", "count_params": "nn.zoo",
+    "count_macs": "nn.zoo", "adaptive_clip_grad_": "training.agc",
+    "param_groups": "training.agc", "TrainConfig": "training.config",
+    "preset": "training.config", "train": "training.loop",
+    "export_onnx": "weights.deploy", "fold_ws": "weights.deploy",
+    "load_weights": "weights.loading", "load_pretrained": "weights.pretrained",
+    "predict": "weights.pretrained",
+}
+__all__ = sorted(_API)
+
+
+def __getattr__(name):
+    if name not in _API:
+        raise AttributeError(f"module 'normfree' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_API[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted({*globals(), *_API})

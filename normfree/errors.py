@@ -39,3 +39,12 @@ class TrainingDiverged(NormfreeError, RuntimeError):
 
 class MissingDependency(NormfreeError, ImportError):
     """An optional package a feature needs is not installed; the message says how to get it."""
+
+
+class TrainingStopped(Exception):
+    """Not an error: a signal stopped training after a checkpoint; `.signal` is its
+    `signal.Signals` (the command line exits with 128 + its number)."""
+
+    def __init__(self, message, stopped_by):
+        super().__init__(message)
+        self.signal = stopped_by

@@ -45,7 +45,8 @@ def evaluate(model, batches, normalize, *, tta_flip=False, bf16=False,
     if not count:
         raise DataError(f"no readable {what}")
     return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count,
-            "loss": loss / count, "images": count}
+            "loss": loss / count, "images": count,
+            "skipped": len(getattr(batches, "skipped", ()))}  # unreadable files of a folder
 
 
 def class_index(folder_classes, weights_classes, root):
@@ -61,7 +62,7 @@ def class_index(folder_classes, weights_classes, root):
 def evaluate_folder(model, data_dir, *, classes, transform, normalize, labels_file=None,
                     batch_size=50, bad_images="skip", progress=True):
     """`evaluate` on an ImageFolder tree (class folders named as `classes`, or in their order),
-    or on a flat folder labelled by `labels_file`; also counts the unreadable images skipped."""
+    or on a flat folder labelled by `labels_file`."""
     if labels_file:
         samples = flat_samples(data_dir, labels_file, classes)
     else:
@@ -69,6 +70,4 @@ def evaluate_folder(model, data_dir, *, classes, transform, normalize, labels_fi
         index = class_index(folder_classes, classes, data_dir)
         samples = [(path, index[folder_classes[label]]) for path, label in samples]
     batches = FolderBatches(ImageFiles(samples, transform), batch_size, bad_images=bad_images)
-    result = evaluate(model, batches, normalize, progress=progress,
-                      what=f"images in {data_dir}")
-    return {**result, "skipped": len(batches.skipped)}
+    return evaluate(model, batches, normalize, progress=progress, what=f"images in {data_dir}")

@@ -20,12 +20,13 @@ def atomic_write(path, write):
     """Call `write(binary_file)` on a temp file next to `path`, fsync it, then rename it.
 
     A crash or a full disk never leaves a half-written file under the real name. The file gets
-    the permissions of any new file (0666 minus the umask), like files other tools write.
+    the permissions of any new file (0666 minus the umask), like files other tools write. The
+    folder must exist.
     """
     path = Path(path)
+    check_writable(path)
     tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
@@ -40,6 +41,17 @@ def atomic_write(path, write):
             raise OutputError(f"cannot write {path}: {e.strerror or e}; nothing was replaced "
                               "(the previous file, if any, is kept)") from None
         raise
+
+
+def check_writable(path, what=None):
+    """Refuse an output file whose folder does not exist (normfree creates run directories,
+    nothing else). `what` (e.g. the flag) names the file in the message; None: nothing to do."""
+    if path is None:
+        return
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise OutputError(f"{what + ' ' if what else ''}{path}: the folder {folder} does not "
+                          "exist (create it first)")
 
 
 def save_json(path, values):

@@ -121,7 +121,8 @@ def test_predict_export_and_bench_from_the_command_line(tmp_path, capsys):
     assert main(["export", "--weights", str(run / "model.safetensors"), "--onnx",
                  str(tmp_path / "m.onnx")]) == 0
     assert (tmp_path / "m.onnx").stat().st_size > 0 and "onnxruntime" in capsys.readouterr().out
-    assert main(["bench", "--model", "nfnet_tiny", "--batch-size", "4", "--repeats", "2"]) == 0
+    assert main(["bench", "--model", "nfnet_tiny", "--batch-size", "4", "--repeats", "2",
+                 "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert all(record[k][0] > 0 for k in ("train_img_s", "infer_img_s", "infer_folded_img_s"))
     assert 0 < record["agc_fraction_of_step"] < 1 and record["train_gflops"] > 0
@@ -130,14 +131,14 @@ def test_predict_export_and_bench_from_the_command_line(tmp_path, capsys):
 def test_bench_against_the_timm_peer(capsys):
     pytest.importorskip("timm", reason="timm is a test dependency")
     assert main(["bench", "--model", "nf_resnet26", "--image-size", "32", "--batch-size", "2",
-                 "--repeats", "2", "--peer", "timm", "--ceiling"]) == 0
+                 "--repeats", "2", "--peer", "timm", "--ceiling", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["peer"] == "nf_resnet26" and record["peer_train_img_s"][0] > 0
     assert record["train_ratio"] > 0 and record["agc_speedup_vs_timm"] > 0
     assert record["train_ratio_vs_peer_fused_sgd"] > 0
     assert record["gemm_gflops"] > 0 and 0 < record["train_fraction_of_conv_ceiling"]
     assert main(["bench", "--model", "nf_resnet26", "--image-size", "32", "--batch-size", "2",
-                 "--repeats", "2", "--peer", "timm", "--bf16"]) == 0
+                 "--repeats", "2", "--peer", "timm", "--bf16", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)  # bf16 against timm's plain fp32 inference
     assert record["dtype"] == "bf16" and record["infer_ratio_vs_peer_eager_fp32"] > 0
 
@@ -164,6 +165,6 @@ def test_eval_needs_exactly_one_source(tmp_path, capsys):
 
 def test_bench_memory_reports_peak_rss(capsys):
     assert main(["bench", "--memory", "--model", "nfnet_tiny", "--image-size", "32",
-                 "--batch-size", "4"]) == 0
+                 "--batch-size", "4", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)
     assert record["peak_rss_mb"] >= record["rss_mb_before_steps"] > 50

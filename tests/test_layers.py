@@ -7,7 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from normfree.nn.activations import ACTIVATIONS, GAMMA, ScaledActivation, gelu_tanh
+from normfree.nn.activations import ACTIVATIONS, ScaledActivation, gelu_tanh
+from normfree.nn.gamma import ACTIVATION_NAMES, GAMMA
 from normfree.nn.layers import SqueezeExcite, StochasticDepth
 from normfree.nn.padding import AvgPoolSame, MaxPoolSame, same_padding
 from normfree.nn.ws_conv import WSConv2d, standardize_weight
@@ -267,3 +268,8 @@ def test_compiled_gelu_is_the_tanh_gelu_written_with_a_sigmoid():
     compiled = torch.compile(gelu_tanh, backend="eager", fullgraph=True)(x)
     assert torch.allclose(compiled, expected, rtol=1e-12, atol=1e-12)
     assert not torch.equal(compiled, expected)  # the other formula ran (float64 rounding)
+
+
+def test_every_activation_name_a_config_accepts_has_a_function():
+    """nn/gamma.py lists the names without importing torch; they must be ACTIVATIONS' keys."""
+    assert set(ACTIVATION_NAMES) == set(ACTIVATIONS)

@@ -5,7 +5,8 @@ import torch
 from normfree import block_betas, count_macs, count_params, create_model, list_models
 from normfree.nn.config import plan_blocks
 from normfree.nn.network import NFBlock
-from normfree.nn.variants import VARIANTS
+from normfree.nn.counts import count
+from normfree.nn.variants import BN_TWINS, VARIANTS, get_config
 
 # docs/architecture.md §6: parameters with a 1000-class head, GMACs at the test size.
 NFNET_TABLE = {
@@ -250,3 +251,15 @@ def test_se_gate_folded_into_skip_gain_multiply_matches_the_materialised_branch(
     assert torch.allclose(seen[0], out * gate)  # a hook on `residual` sees the whole branch
     assert torch.allclose(folded, shortcut + 0.7 * block.alpha * out * gate, atol=1e-6)
     assert torch.allclose(observed, folded, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["nfnet_f0", "nfnet_f1_plus", "nf_resnet50", "nf_regnet_b0",
+                                  "nf_regnet_b3", "nfnet_s0", "nfnet_s1", "nf_resnet_s26",
+                                  "nfnet_tiny", "resnet50_bn", "nfnet_s0_bn", "nfnet_tiny_bn"])
+def test_counts_from_the_config_equal_the_built_models(name):
+    """`normfree list` counts without building models; every kind of block, stem and head."""
+    with torch.device("meta"):
+        model = create_model(name, num_classes=7)
+    params, macs = count(get_config(name), num_classes=7, image_size=64,
+                         batch_norm=name in BN_TWINS)
+    assert params == count_params(model) and macs == count_macs(model, image_size=64)

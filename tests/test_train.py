@@ -10,7 +10,7 @@ from normfree.training.checkpoints import load_checkpoint
 from normfree.training.config import preset
 from normfree.training.logs import read_metrics
 from normfree.errors import ConfigError, TrainingDiverged
-from normfree.nn.variants import create_model
+from normfree.nn.zoo import create_model
 from normfree.training.loop import train
 from normfree.training.optim import EMA, load_optimizer_state, lr_at, train_step
 
@@ -109,7 +109,7 @@ def test_resume_is_bit_exact(tmp_path, monkeypatch):
 
 def test_resume_with_other_flags_is_refused(tmp_path):
     train(debug(tmp_path, epochs=1))
-    with pytest.raises(CheckpointError, match="another config"):
+    with pytest.raises(ConfigError, match="--lr: the run has 0.05, given 0.5"):
         train(debug(tmp_path, epochs=1, lr=0.5, resume=True))
 
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, MissingDependency
-from ..nn.variants import count_macs, create_model
+from ..nn.zoo import count_macs, create_model
 from ..runtime import default_device, machine_info
 from ..training.agc import clip_param_groups_
 from ..training.config import TrainConfig
@@ -234,3 +234,17 @@ def train_peak_memory(model_name, image_size, batch_size, grad_checkpointing=Fal
     return {"model": model_name, "image_size": image_size, "batch_size": batch_size,
             "grad_checkpointing": grad_checkpointing, "rss_mb_before_steps": round(result[0]),
             "peak_rss_mb": round(result[1])}
+
+
+def format_record(record):
+    """A bench record as aligned `label  value` lines; [median, min, max] as "median
+    (min–max)"."""
+    def text(value):
+        if isinstance(value, list) and len(value) == 3:
+            return f"{value[0]:,.1f}  ({value[1]:,.1f}–{value[2]:,.1f})"
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return str(value)
+    width = max(map(len, record))
+    return "\n".join(f"{key.replace('_', ' '):<{width}}  {text(value)}"
+                     for key, value in record.items())

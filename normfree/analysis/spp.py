@@ -14,7 +14,7 @@ from ..figures import pyplot, save_figure
 from ..files import write_csv
 from ..nn.bn_twins import BNBlock
 from ..nn.network import NFBlock
-from ..nn.variants import create_model
+from ..nn.zoo import create_model
 
 CSV_FIELDS = ["model", "depth", "name", "avg_sq_mean", "avg_var", "residual_var"]
 

@@ -18,7 +18,8 @@ import torch
 from ..errors import TrainingDiverged
 from ..figures import pyplot, save_figure
 from ..files import write_csv
-from ..nn.variants import bn_twin_name, create_model
+from ..nn.variants import bn_twin_name
+from ..nn.zoo import create_model
 from ..runtime import bf16_available, default_device
 from ..training.config import preset
 from ..training.logs import read_metrics

@@ -1,2 +1,5 @@
 """Datasets: Fashion-MNIST IDX files, image folders, synthetic images; their batching and
-transforms (docs/architecture.md §14)."""
+transforms (docs/architecture.md §14). The constants here need no torch (command-line help)."""
+
+FMNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where Debian's package puts the IDX files
+INSTALL_HINT = "apt-get update && apt-get install -y dataset-fashion-mnist"

@@ -42,6 +42,10 @@ class TensorBatches(Sharded):
         self.transform = transform
         self.generator = torch.Generator().manual_seed(seed)
 
+    @property
+    def num_images(self):
+        return len(self.labels)
+
     def __len__(self):
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)

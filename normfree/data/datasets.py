@@ -5,7 +5,8 @@ import torch
 
 from ..errors import DataError
 from .batches import Data, TensorBatches
-from .fashion_mnist import FMNIST_CLASSES, FMNIST_DIR, FMNIST_MEAN, FMNIST_STD, load_fashion_mnist
+from . import FMNIST_DIR
+from .fashion_mnist import FMNIST_CLASSES, FMNIST_MEAN, FMNIST_STD, load_fashion_mnist
 from .folders import make_folder_data
 from .transforms import small_image_transform
 

@@ -9,14 +9,13 @@ from pathlib import Path
 import torch
 
 from ..errors import DataError
+from . import FMNIST_DIR, INSTALL_HINT
 
-FMNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FMNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                 "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 FMNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt",
                   "Sneaker", "Bag", "Ankle boot")
 FMNIST_MEAN, FMNIST_STD = (0.2860,), (0.3530,)
-INSTALL_HINT = "apt-get update && apt-get install -y dataset-fashion-mnist"
 
 
 def read_idx(path):

@@ -1,12 +1,12 @@
 """Image files on disk: ImageFolder trees and flat folders with a labels file.
 
 Unreadable images never crash a worker: they come back as `None`, the collate function drops them
-and reports their paths, and `FolderBatches` either skips them (counting, one warning per pass)
-or stops with an error naming the file, as `bad_images` says.
+and reports their paths, and `FolderBatches` either skips them (listing this pass's in
+`.skipped`, for the caller to report) or stops with an error naming the file, as `bad_images`
+says.
 """
 
 import os
-import warnings
 from pathlib import Path
 
 import torch
@@ -88,6 +88,10 @@ class FolderBatches(Sharded):
         super().shard(rank, world_size)
         self.loader = self._loader()
 
+    @property
+    def num_images(self):
+        return self.size
+
     def __len__(self):
         full, rest = divmod(self.size, self.batch_size)
         return full + (1 if rest and not self.drop_last else 0)
@@ -109,9 +113,6 @@ class FolderBatches(Sharded):
             self.skipped += bad
             if images is not None:
                 yield images, labels
-        if self.skipped:
-            warnings.warn(f"skipped {len(self.skipped)} unreadable image(s), e.g. "
-                          f"{self.skipped[0]}", stacklevel=2)
 
 
 def folder_samples(root):

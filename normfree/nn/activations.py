@@ -12,25 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# The reference's constants, verbatim: they are what the released weights were trained with
-# (0.03-0.09 % above the exact integrals, which tests/test_layers.py checks).
-GAMMA = {
-    "identity": 1.0,
-    "relu": 1.7139588594436646,
-    "gelu": 1.7015043497085571,
-    "silu": 1.7881293296813965,
-    "elu": 1.2716004848480225,
-    "celu": 1.270926833152771,
-    "selu": 1.0008515119552612,
-    "leaky_relu": 1.70590341091156,
-    "relu6": 1.7131484746932983,
-    "sigmoid": 4.803835391998291,
-    "softplus": 1.9203323125839233,
-    "tanh": 1.5939117670059204,
-    "log_sigmoid": 1.9193484783172607,
-    "soft_sign": 2.338853120803833,
-}
-GAMMA["swish"] = GAMMA["silu"]
+from .gamma import gamma_of
 
 _GELU_K = 2.0 * math.sqrt(2.0 / math.pi)
 
@@ -64,11 +46,6 @@ ACTIVATIONS = {
     "log_sigmoid": F.logsigmoid,
     "soft_sign": F.softsign,
 }
-
-
-def gamma_of(name):
-    """γ of an activation; timm's exact GELU uses the tanh GELU's constant, as timm does."""
-    return GAMMA["gelu" if name == "gelu_exact" else name]
 
 
 class Activation(nn.Module):

@@ -6,7 +6,7 @@ from dataclasses import dataclass, fields
 from typing import NamedTuple, Optional
 
 from ..errors import ConfigError
-from .activations import ACTIVATIONS
+from .gamma import ACTIVATION_NAMES
 
 
 @dataclass(frozen=True)
@@ -50,8 +50,8 @@ class NFConfig:
                                  f"got {getattr(self, name)}")
         if len(self.stem_strides) != len(self.stem_widths):
             raise ConfigError("NFConfig.stem_strides needs one entry per stem_widths entry")
-        if self.activation not in ACTIVATIONS:
-            raise ConfigError(f"NFConfig.activation must be one of {sorted(ACTIVATIONS)}, "
+        if self.activation not in ACTIVATION_NAMES:
+            raise ConfigError(f"NFConfig.activation must be one of {sorted(ACTIVATION_NAMES)}, "
                              f"got {self.activation!r}")
         if self.ws_eps not in ("clamp", "add"):
             raise ConfigError(f"NFConfig.ws_eps must be 'clamp' or 'add', got {self.ws_eps!r}")

@@ -12,6 +12,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..files import atomic_write
+from ..weights.loading import load_torch_file
 
 
 def save_checkpoint(path, state):
@@ -22,11 +23,7 @@ def load_checkpoint(path, map_location="cpu"):
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # torch raises many types for truncated or foreign files
-        raise CheckpointError(f"{path} is not a readable normfree checkpoint (truncated or "
-                              f"foreign file?): {type(e).__name__}: {str(e)[:200]}") from None
+    state = load_torch_file(path, map_location)
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise CheckpointError(f"{path} is not a normfree training checkpoint (expected a dict "
                               "with 'model' and 'config' entries)")

@@ -7,7 +7,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
-from ..data.fashion_mnist import FMNIST_DIR
+from ..data import FMNIST_DIR
 from ..errors import ConfigError
 from ..nn.variants import list_models
 
@@ -103,11 +103,14 @@ _RULES = {
     **dict.fromkeys(("epochs", "batch_size", "eval_batch_size", "eval_every", "in_chans",
                      "image_size", "synthetic_size"), (lambda v: v >= 1, "at least 1")),
     **dict.fromkeys(("val_size", "crop_padding", "mixup_alpha", "cutmix_alpha", "weight_decay",
-                     "warmup_epochs", "clip_factor", "agc_eps", "threads", "checkpoint_every"),
+                     "warmup_epochs", "clip_factor", "agc_eps", "threads", "checkpoint_every",
+                     "workers"),
                     (lambda v: v >= 0, "0 or more")),
     **dict.fromkeys(("dropout", "stochastic_depth", "label_smoothing", "momentum", "ema_decay"),
                     (lambda v: 0 <= v < 1, "in [0, 1)")),
     "random_erasing": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
+    "randaugment": (lambda v: len(v) == 2 and min(v) >= 0,
+                    "LAYERS,MAGNITUDE (two whole numbers, e.g. 2,9)"),
     "lr": (lambda v: v > 0, "positive"),
 }
 
@@ -186,16 +189,16 @@ def _parser_for(annotation, name):
     return parse
 
 
-def add_config_flags(parser):
+def add_config_flags(parser, shown_preset=DEFAULT_PRESET):
     """One flag per `TrainConfig` field; an absent flag leaves the preset's value. The help
-    shows the default preset's values, the ones a run without --preset uses."""
+    shows `shown_preset`'s values (by default those of a run without --preset)."""
     hints = typing.get_type_hints(TrainConfig)
-    shown = preset(DEFAULT_PRESET)
+    shown = preset(shown_preset)
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         value = getattr(shown, f.name)
         value = ",".join(map(str, value)) if isinstance(value, tuple) else value
-        text = " ".join(filter(None, [f.metadata["description"], f"({DEFAULT_PRESET}: "
+        text = " ".join(filter(None, [f.metadata["description"], f"({shown_preset}: "
                                       f"{'none' if value is None else value})"]))
         if _base_type(hints[f.name]) is bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
@@ -207,10 +210,34 @@ def add_config_flags(parser):
                                 help=text)
 
 
+def given_flags(args):
+    """The `TrainConfig` fields set on the command line (absent flags are not in `args`)."""
+    return {f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
+
+
 def config_from_args(args):
-    overrides = {f.name: getattr(args, f.name) for f in fields(TrainConfig)
-                 if hasattr(args, f.name)}
-    return preset(args.preset, **overrides)
+    return preset(args.preset, **given_flags(args))
+
+
+def describe(cfg, columns=3):
+    """The settings that differ from `TrainConfig`'s defaults, as aligned `flag value` columns
+    (every setting is in the run's config.json)."""
+    default = TrainConfig()
+    items = [(f"--{f.name.replace('_', '-')}", _text(getattr(cfg, f.name))) for f in fields(cfg)
+             if getattr(cfg, f.name) != getattr(default, f.name)]
+    if not items:
+        return "  (TrainConfig's defaults)"
+    width = max(len(k) for k, _ in items)
+    cells = [f"{k:<{width}} {v}" for k, v in items]
+    cell = max(map(len, cells)) + 2
+    rows = [cells[i:i + columns] for i in range(0, len(cells), columns)]
+    return "\n".join("  " + "".join(c.ljust(cell) for c in row).rstrip() for row in rows)
+
+
+def _text(value):
+    if isinstance(value, tuple):
+        return ",".join(map(str, value))
+    return "none" if value is None else str(value)
 
 
 def to_dict(cfg):

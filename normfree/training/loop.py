@@ -5,8 +5,10 @@ weights are chosen → test, export and results. Under torchrun each process tra
 every global batch (`distributed.py`); rank 0 alone logs and writes files.
 """
 
+import json
 import time
-from dataclasses import dataclass
+import warnings
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Optional
 
@@ -17,19 +19,20 @@ from tqdm import tqdm
 
 from ..data.batches import Normalize
 from ..data.datasets import make_data
-from ..errors import CheckpointError
+from ..errors import ConfigError, TrainingStopped
 from ..evaluation import evaluate
 from ..files import save_json
 from ..runtime import machine_info
 from ..weights.metadata import check_layout, export_weights, layout_of
 from . import distributed
 from .checkpoints import load_checkpoint, rng_states, save_checkpoint, set_rng_states
-from .config import TrainConfig, to_dict
+from .config import TrainConfig, describe, from_dict, to_dict
 from .logs import EpochTally, MetricsLog, plot_curves
 from .optim import EMA, batch_mixer, build_optimizer, load_optimizer_state, lr_at, train_step
-from .runs import (compiled, freeze, initialise_from, memory_format, model_for, prepare_out_dir,
-                   preprocessing_of, resolve_config, resumable_config)
-from .signals import StopOnSignal, TrainingStopped
+from .resume import config_differences, make_run_dir, run_dir
+from .runs import (compiled, freeze, initialise_from, memory_format, model_for,
+                   preprocessing_of, resolve_config)
+from .signals import StopOnSignal
 
 
 @dataclass
@@ -37,6 +40,7 @@ class Run:
     """Everything one training process works with, and where it has got to."""
 
     cfg: TrainConfig
+    started: float  # time.time() when the run would have started, had it never stopped
     procs: distributed.Processes
     device: torch.device
     out: Path
@@ -81,28 +85,59 @@ def train(cfg: TrainConfig):
 
 def _train(cfg, procs, device):
     started = time.time()
-    out = Path(distributed.gather(procs, str(prepare_out_dir(cfg)) if procs.main else None)[0])
+    out = Path(distributed.gather(procs, str(run_dir(cfg)) if procs.main else None)[0])
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     path = out / "checkpoint.pt"
     state = load_checkpoint(path, map_location=device) if cfg.resume and path.is_file() else None
     cfg, source = resolve_config(cfg, device, state and state["config"])
-    run = build_run(cfg, procs, device, out, source)
+    run = build_run(cfg, started, procs, device, out, source)  # reads the data: checks it
     if state is not None:
         restore(run, state, path)
+        if run.epoch >= cfg.epochs and (out / "results.json").is_file():
+            return finished(run)
+    if procs.main:
+        make_run_dir(out, run.cfg)  # only now, once everything has been checked
     announce(run)
     with StopOnSignal() as stop:
         for epoch in range(run.epoch, cfg.epochs):
             tally = train_epoch(run, epoch, stop, state if epoch == run.epoch else None)
             if procs.main:
                 end_epoch(run, epoch, tally)
-    return finish(run, started) if procs.main else None
+    return finish(run) if procs.main else None
 
 
-def build_run(cfg, procs, device, out, source):
-    """Data, model (initialised from `source` weights when fine-tuning), optimizer and EMA."""
+def finished(run):
+    """`--resume` of a run that has finished: say so, change nothing."""
+    if not run.procs.main:
+        return None
+    results = json.loads((run.out / "results.json").read_text())
+    print(f"{run.out} is finished ({run.epoch} epochs, test top-1 {results['test_top1']:.2f}%):"
+          " nothing to do", flush=True)
+    return results
+
+
+def data_for(cfg, procs):
+    """The run's data; a batch larger than the training set shrinks to fit it (said)."""
     data = make_data(cfg)
+    if len(data.train) == 0:  # fewer training images than one batch
+        images = data.train.num_images
+        batch = images - images % procs.world_size
+        if batch < 1:
+            raise ConfigError(f"{images} training images cannot be shared by "
+                              f"{procs.world_size} processes")
+        if procs.main:
+            print(f"--batch-size {cfg.batch_size} is more than the {images} training images: "
+                  f"using batches of {batch}", flush=True)
+        cfg = replace(cfg, batch_size=batch)
+        data = make_data(cfg)
     data.train.shard(procs.rank, procs.world_size)
+    return cfg, data
+
+
+def build_run(cfg, started, procs, device, out, source):
+    """Data, model (initialised from `source` weights when fine-tuning), optimizer and EMA."""
+    cfg, data = data_for(cfg, procs)
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed and nothing else
     model = model_for(cfg, data)
     if source is not None:
@@ -113,23 +148,33 @@ def build_run(cfg, procs, device, out, source):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=memory_format(cfg))
     # DDP averages the gradients during backward, so AGC clips the global-batch gradient
-    forward = compiled(DistributedDataParallel(model) if procs.distributed else model, cfg, device)
-    return Run(cfg, procs, device, out, data, model, forward, build_optimizer(cfg, model),
+    forward = compiled(ddp(model) if procs.distributed else model, cfg, device)
+    return Run(cfg, started, procs, device, out, data, model, forward, build_optimizer(cfg, model),
                EMA(model, cfg.ema_decay) if cfg.ema_decay else None,
                batch_mixer(cfg, len(data.classes)), Normalize(data.mean, data.std).to(device))
 
 
+def ddp(model):
+    """`DistributedDataParallel(model)`. Its buckets are laid out contiguously, so channels_last
+    gradients are copied out of them, with a warning per process; the copy keeps gradients laid
+    out like their parameters, which the fused optimizer kernels need, so it is not a problem
+    to report."""
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    return DistributedDataParallel(model)
+
+
 def restore(run, state, path):
-    """Continue from a checkpoint written with the same config."""
-    if resumable_config(run.cfg, state["config"]) != run.cfg:
-        raise CheckpointError(f"{path} was written with another config; resume with the same "
-                              "flags")
+    """Continue from a checkpoint written with the same settings (but for how it executes)."""
+    differ = config_differences(run.cfg, from_dict(state["config"]))
+    if differ:
+        raise ConfigError(f"{path} was written with other settings; " + "; ".join(differ))
     check_layout(run.model, state.get("layout"), path)
     run.model.load_state_dict(state["model"])
     load_optimizer_state(run.optimizer, state["optimizer"])
     if run.ema is not None:
         run.ema.module.load_state_dict(state["ema"])
     run.step, run.epoch, run.selected = state["step"], state["epoch"], state["selected"]
+    run.started -= state.get("train_seconds", 0.0)  # the time of the earlier processes
 
 
 def announce(run):
@@ -138,8 +183,12 @@ def announce(run):
         return
     params = sum(p.numel() for p in run.model.parameters())
     over = f" over {run.procs.world_size} processes" if run.procs.distributed else ""
-    print(f"normfree train: {run.cfg}\n  {params:,} params, {run.steps_per_epoch} steps/epoch"
-          f"{over}, output in {run.out}", flush=True)
+    print(f"normfree train: {run.cfg.model} on {run.cfg.dataset}, {params:,} params, "
+          f"{run.steps_per_epoch} steps/epoch{over}, output in {run.out}\n"
+          f"{describe(run.cfg)}", flush=True)
+    if run.step:
+        print(f"resuming {run.out} from step {run.step} (epoch {run.epoch + 1} of "
+              f"{run.cfg.epochs})", flush=True)
     save_json(run.out / "config.json", to_dict(run.cfg))
     run.log = MetricsLog(run.out, run.cfg.tensorboard, keep_epochs=run.epoch)
 
@@ -154,7 +203,8 @@ def save_run_checkpoint(run, epoch, tally=None):
             "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
             "ema": run.ema.module.state_dict() if run.ema else None, "step": run.step,
             "epoch": epoch, "tally": tally and tally.state(), "rng": rng,
-            "selected": run.selected, "config": to_dict(run.cfg), "model_name": run.cfg.model,
+            "selected": run.selected, "train_seconds": time.time() - run.started,
+            "config": to_dict(run.cfg), "model_name": run.cfg.model,
             "layout": layout_of(run.model), "classes": list(run.data.classes)})
 
 
@@ -231,13 +281,23 @@ def end_epoch(run, epoch, tally):
           + (f"  val(EMA) {val_ema['top1']:.2f}%" if val_ema else "")
           + f"  {row['img_per_s']:.0f} img/s  lr {lr:.4f}  AGC clipped "
           f"{100 * row['agc_clipped']:.1f}% of units  ({row['epoch_seconds']:.0f}s)", flush=True)
+    report_skipped("training", run.data.train)
+    report_skipped("validation", run.data.val)
     if due:
         run.selected = select_weights(val, val_ema, run.ema is not None)
     save_run_checkpoint(run, epoch + 1)
     run.log.append(row)  # after the checkpoint: a resumed run rewrites rows it redoes
 
 
-def finish(run, started):
+def report_skipped(split, batches):
+    """One line for the unreadable files of a folder split's last pass, if any."""
+    skipped = getattr(batches, "skipped", None)
+    if skipped:
+        print(f"  skipped {len(skipped)} unreadable {split} image(s) in the last pass, e.g. "
+              f"{skipped[0]}", flush=True)
+
+
+def finish(run):
     """Test the chosen weights; write curves.png, model.safetensors and results.json."""
     cfg, out = run.cfg, run.out
     run.log.close()
@@ -245,6 +305,7 @@ def finish(run, started):
     chosen = run.ema.module if use_ema else run.model
     test = evaluate(chosen, run.data.test, run.normalize, tta_flip=cfg.tta_flip, bf16=cfg.bf16,
                     memory_format=memory_format(cfg), what="test images")
+    report_skipped("test", run.data.test)
     plot_curves(out / "metrics.csv", out / "curves.png")
     export_weights(chosen, out / "model.safetensors",
                    {"model": cfg.model, "numerics": cfg.numerics or "deepmind",
@@ -253,8 +314,10 @@ def finish(run, started):
     results = {"test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"],
                "weights": run.selected[0] if run.selected else "raw",
                "val_top1": run.selected[1] if run.selected else None,
-               "epochs": cfg.epochs, "steps": run.step, "train_seconds": time.time() - started,
-               "seed": cfg.seed, "machine": machine_info(), "out_dir": str(out)}
+               "epochs": cfg.epochs, "steps": run.step, "train_seconds": time.time() - run.started,
+               "seed": cfg.seed, "machine": machine_info(), "out_dir": str(out),
+               "skipped_images": {split: len(getattr(batches, "skipped", ())) for split, batches
+                                  in (("train", run.data.train), ("test", run.data.test))}}
     save_json(out / "results.json", results)
     print(f"test top-1 {test['top1']:.2f}%  top-5 {test['top5']:.2f}%  "
           f"({results['weights']} weights, {results['train_seconds'] / 60:.1f} min)\n"

@@ -3,7 +3,6 @@ weights, partly frozen, compiled), output directory, and the metadata its export
 """
 
 import shutil
-import time
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -14,7 +13,8 @@ from ..data.batches import Normalize
 from ..data.datasets import make_data
 from ..errors import CheckpointError, ConfigError
 from ..evaluation import evaluate
-from ..nn.variants import create_model, get_config
+from ..nn.variants import get_config
+from ..nn.zoo import create_model
 from ..runtime import bf16_available, default_device
 from ..weights.metadata import check_layout
 from ..weights.pretrained import load_pretrained, reference_preprocessing
@@ -96,35 +96,15 @@ def preprocessing_of(cfg, data):
     return pre
 
 
-def prepare_out_dir(cfg):
-    """The run directory: new (refusing a non-empty one) or, with `resume`, the run to continue.
-
-    `--resume` without a checkpoint there yet starts the run, so one command serves the first
-    start and every restart (torchrun --max-restarts, job schedulers).
-    """
-    out = Path(cfg.out_dir or f"runs/{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
-    if out.exists() and any(out.iterdir()) and not cfg.resume:
-        raise ConfigError(f"output directory {out} already exists: pass --resume to "
-                              "continue that run, or choose another --out-dir")
-    if cfg.resume and not (out / "checkpoint.pt").is_file():
-        print(f"--resume: no checkpoint in {out} yet: starting the run", flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    return out
-
-
-def resumable_config(cfg, saved):
-    """The saved config with this run's execution-only fields, for comparing on resume."""
-    keep = {"resume", "progress", "tensorboard", "threads", "workers", "out_dir", "device",
-            "bf16", "compile", "grad_checkpointing", "checkpoint_every"}
-    return from_dict({**saved, **{k: getattr(cfg, k) for k in keep}})
-
-
 def memory_format(cfg):
     return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
 def evaluate_checkpoint(path, data_dir=None, split="test", device=None):
-    """Top-1/top-5 of the weights a run selected (EMA or raw) on its dataset's `split`."""
+    """Top-1/top-5 of the weights a run selected (EMA or raw) on its dataset's `split`;
+    `path` is the checkpoint or the run directory holding it."""
+    if Path(path).is_dir():
+        path = Path(path) / "checkpoint.pt"
     state = load_checkpoint(path)
     cfg = from_dict(state["config"])
     if data_dir is not None:

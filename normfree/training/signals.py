@@ -11,14 +11,6 @@ import threading
 from . import distributed
 
 
-class TrainingStopped(Exception):
-    """A signal stopped training after a checkpoint; `.signal` is its `signal.Signals`."""
-
-    def __init__(self, message, stopped_by):
-        super().__init__(message)
-        self.signal = stopped_by
-
-
 class StopOnSignal:
     """Within the `with` block, SIGTERM or SIGINT is recorded instead of stopping the process;
     a second Ctrl-C stops at once (`KeyboardInterrupt`)."""

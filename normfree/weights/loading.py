@@ -2,7 +2,9 @@
 the key maps, and load it with every missing, unexpected or mis-shaped key named. Everything is
 checked before the model is touched, so a failed load leaves the model as it was."""
 
+import pickle
 import re
+import zipfile
 from pathlib import Path
 
 import safetensors.torch
@@ -14,24 +16,68 @@ from . import haiku
 from .keymaps import convert_state_dict, detect_format
 
 
+def file_kind(path):
+    """"pickle", "safetensors", "torch" (zip checkpoint), "numpy" (.npz archive), "damaged zip"
+    or "unknown", from the file's bytes, whatever its name."""
+    with Path(path).open("rb") as f:
+        head = f.read(9)
+    if head[:1] == b"\x80":
+        return "pickle"
+    if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 30:
+        return "safetensors"  # an 8-byte header length, then the JSON header
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+            return "damaged zip"
+        return "torch" if any(n.endswith("data.pkl") for n in names) else (
+            "numpy" if names and all(n.endswith(".npy") for n in names) else "unknown")
+    return "unknown"
+
+
+def load_torch_file(path, map_location="cpu"):
+    """`torch.load(weights_only=True)` with errors that name the file and what it is not."""
+    kind = file_kind(path)
+    if kind == "numpy":
+        raise CheckpointError(f"{path}: a numpy .npz archive of arrays, not a weights file "
+                              "normfree reads (DeepMind's F*_haiku.npz are pickles despite the "
+                              "name; save other arrays as a PyTorch state dict)")
+    if kind == "damaged zip":
+        raise CheckpointError(f"{path}: a damaged or truncated zip archive (PyTorch checkpoints "
+                              "and numpy archives are zip files)")
+    if kind != "torch":
+        raise CheckpointError(f"{path}: not a weights file normfree can read (expected a "
+                              "PyTorch checkpoint, a .safetensors file or a Haiku pickle)")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(f"{path}: holds Python objects other than tensors and plain "
+                              "containers; normfree does not unpickle those (it could run code "
+                              "from the file)") from None
+    except Exception as e:  # torch raises many types for truncated or damaged files
+        raise CheckpointError(f"{path}: a damaged or truncated PyTorch checkpoint "
+                              f"({type(e).__name__})") from None
+
+
 def read_state_dict(source):
-    """A state dict from a path (.safetensors, or a torch file read with weights_only=True)."""
+    """A state dict from a path (Haiku pickle, .safetensors, PyTorch checkpoint)."""
     if isinstance(source, dict):
         state = source
     else:
         path = Path(source)
         if not path.is_file():
             raise CheckpointError(f"weights file {path} does not exist")
-        if haiku.is_haiku_pickle(path):
+        kind = file_kind(path)
+        if kind == "pickle":
             return haiku.haiku_state_dict(haiku.read_haiku_file(path))
-        try:
-            if path.suffix == ".safetensors":
+        if kind == "safetensors":
+            try:
                 state = safetensors.torch.load_file(path)
-            else:
-                state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise CheckpointError(f"{path}: cannot read weights ({type(e).__name__}: "
-                                  f"{str(e)[:200]})") from None
+            except Exception as e:  # safetensors raises its own types for damaged files
+                raise CheckpointError(f"{path}: a damaged .safetensors file ({e})") from None
+        else:
+            state = load_torch_file(path)
     if isinstance(state, dict) and "model" in state and "config" in state:
         state = state["model"]  # a normfree training checkpoint
     for key in ("state_dict", "model_state_dict"):

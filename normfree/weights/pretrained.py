@@ -12,9 +12,9 @@ from torch import nn
 from ..data.batches import Normalize
 from ..data.folders import open_image
 from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_transform
-from ..errors import CheckpointError
+from ..errors import CheckpointError, DataError
 from ..evaluation import evaluate_folder
-from ..nn.variants import create_model
+from ..nn.zoo import create_model
 from ..runtime import default_device
 from .haiku import is_haiku_pickle
 from .keymaps import convert_state_dict, detect_format
@@ -97,15 +97,31 @@ def load_pretrained(path, model_name=None, device=None):
 
 
 @torch.no_grad()
-def predict(pretrained, paths, top=5, image_size=None):
-    """For each image path: the `top` (class name, probability) pairs, most likely first."""
+def predict(pretrained, paths, top=5, image_size=None, bad_images="stop"):
+    """For each image path: the `top` (class name, probability) pairs, most likely first.
+
+    An unreadable image raises `DataError` naming it, or with `bad_images="skip"` gets the
+    `DataError` in its place in the list.
+    """
     transform = pretrained.transform(image_size)
-    images = torch.stack([transform(open_image(p)) for p in paths])
+    images = []
+    for path in paths:
+        try:
+            images.append(transform(open_image(path)))
+        except DataError as e:
+            if bad_images != "skip":
+                raise
+            images.append(e)
+    readable = [image for image in images if not isinstance(image, DataError)]
+    if not readable:
+        return images
     device = next(pretrained.model.parameters()).device
-    logits = pretrained.model(pretrained.normalize().to(device)(images.to(device)))
+    batch = torch.stack(readable).to(device)
+    logits = pretrained.model(pretrained.normalize().to(device)(batch))
     probs, indices = logits.float().softmax(1).topk(min(top, logits.shape[1]), dim=1)
-    return [[(pretrained.classes[i], p) for i, p in zip(row_i.tolist(), row_p.tolist())]
-            for row_i, row_p in zip(indices, probs)]
+    tops = iter([(pretrained.classes[i], p) for i, p in zip(row_i.tolist(), row_p.tolist())]
+                for row_i, row_p in zip(indices, probs))
+    return [image if isinstance(image, DataError) else next(tops) for image in images]
 
 
 def convert_file(src, dst, model_name=None):

@@ -1,0 +1,172 @@
+"""What each `normfree <command>` does, given its parsed arguments (cli.py parses them).
+
+Errors a user can fix are raised as normfree's own error types; `cli.main` prints them.
+"""
+
+import json
+import os
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from .analysis.bench import bench, ceiling, format_record, train_peak_memory
+from .analysis.spp import paper_comparison, plot, write_curves_csv
+from .analysis.studies import agc_study, default_base, nf_vs_bn, plot_agc_study, plot_nf_vs_bn
+from .errors import ConfigError, DataError, OutputError
+from .files import check_writable, save_json
+from .training.config import config_from_args, given_flags
+from .training.distributed import launch
+from .training.loop import train
+from .training.resume import RUNS_ROOT, config_for_resume
+from .training.runs import evaluate_checkpoint
+from .weights.deploy import export_onnx
+from .weights.pretrained import convert_file, load_pretrained, predict
+
+
+def run(args):
+    """Run the command `args.command`; returns its exit code (None: 0)."""
+    return globals()["cmd_" + args.command.replace("-", "_")](args)
+
+
+def cmd_train(args):
+    flags = given_flags(args)  # checked before any process starts
+    config = (config_for_resume(args.preset, flags) if flags.get("resume")
+              else config_from_args(args))
+    if args.nproc > 1 and "LOCAL_RANK" not in os.environ:
+        if config.batch_size % args.nproc:
+            raise ConfigError(f"--batch-size {config.batch_size} (the global batch) must divide "
+                             f"evenly over {args.nproc} processes")
+        return launch(args.nproc, without_flag(args.argv, "--nproc"))
+    train(config)
+
+
+def without_flag(argv, flag):
+    """`argv` without `flag VALUE` / `flag=VALUE`."""
+    kept, skip = [], False
+    for item in argv:
+        if skip:
+            skip = False
+        elif item == flag:
+            skip = True
+        elif not item.startswith(flag + "="):
+            kept.append(item)
+    return kept
+
+
+def cmd_eval(args):
+    check_writable(args.json, "--json")
+    if (args.checkpoint is None) == (args.weights is None):
+        raise ConfigError("give either --checkpoint (a training run) or --weights with --data")
+    if args.weights is not None:
+        if args.data is None:
+            raise ConfigError("--weights needs --data DIR (an ImageFolder tree, or a flat folder "
+                             "with --labels FILE)")
+        pretrained = load_pretrained(args.weights, args.model)
+        result = pretrained.evaluate_folder(args.data, args.labels, args.image_size,
+                                            args.batch_size, args.bad_images)
+        result["weights"] = str(args.weights)
+    else:
+        result = evaluate_checkpoint(args.checkpoint, data_dir=args.data, split=args.split)
+    print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  ({result['images']} "
+          f"images" + (f", {result['skipped']} unreadable skipped" if result.get("skipped")
+                       else "") + ")")
+    if args.json:
+        save_json(args.json, result)
+
+
+def cmd_predict(args):
+    check_writable(args.json, "--json")
+    pretrained = load_pretrained(args.weights, args.model)
+    results = predict(pretrained, args.images, args.top, args.image_size, bad_images="skip")
+    for path, top in zip(args.images, results):
+        if isinstance(top, DataError):
+            print(f"normfree predict: error: {top}", file=sys.stderr)
+            continue
+        print(path)
+        for name, prob in top:
+            print(f"  {100 * prob:6.2f}%  {name}")
+    if args.json:
+        save_json(args.json, {str(p): [{"class": n, "probability": q} for n, q in top]
+                              for p, top in zip(args.images, results)
+                              if not isinstance(top, DataError)})
+    return 1 if any(isinstance(top, DataError) for top in results) else 0
+
+
+def cmd_export(args):
+    check_writable(args.onnx, "--onnx")
+    pretrained = load_pretrained(args.weights, args.model, device="cpu")
+    size = args.image_size or pretrained.preprocessing["crop"]
+    error = export_onnx(pretrained.model, args.onnx, size)
+    print(f"wrote {args.onnx} ({pretrained.name}, {size} px, dynamic batch); onnxruntime vs "
+          f"PyTorch logits: {error:.1e} relative")
+
+
+def cmd_bench(args):
+    if args.memory:
+        record = train_peak_memory(args.model, args.image_size or 192, args.batch_size,
+                                   args.grad_checkpointing)
+    else:
+        record = bench(args.model, args.image_size, args.batch_size, in_chans=args.in_chans,
+                       bf16=args.bf16, channels_last=args.channels_last, repeats=args.repeats,
+                       grad_checkpointing=args.grad_checkpointing, peer=args.peer,
+                       compile_model=args.compile)
+        if args.ceiling:
+            record.update(ceiling())
+            record["train_fraction_of_conv_ceiling"] = round(
+                record["train_gflops"] / record["conv3x3_gflops"], 3)
+    print(json.dumps(record) if args.json else format_record(record))
+
+
+def study_outputs(args, stem):
+    """(CSV, PNG) paths in --out-dir (default: a new runs/<command>-<time>/, created); an
+    existing file is overwritten only with --force."""
+    out = Path(args.out_dir or RUNS_ROOT / f"{args.command}-{time.strftime('%Y%m%d-%H%M%S')}")
+    paths = out / f"{stem}.csv", out / f"{stem}.png"
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not args.force:
+        raise ConfigError(f"{' and '.join(existing)} exist: pass --force to overwrite, or "
+                          "choose another --out-dir")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create --out-dir {out}: {e.strerror or e}") from None
+    return paths
+
+
+def cmd_spp(args):
+    csv_path, png_path = study_outputs(args, f"spp_resnet{args.depth}")
+    curves = paper_comparison(args.depth, args.image_size, args.batch_size, args.seed)
+    write_curves_csv(curves, csv_path)
+    plot(curves, png_path,
+         title=f"Signal propagation at initialisation, {args.depth}-layer ResNets, "
+               f"N(0,1) input {args.batch_size}×3×{args.image_size}²")
+    print(f"wrote {csv_path} and {png_path}")
+
+
+def cmd_study_agc(args):
+    csv_path, png_path = study_outputs(args, "agc_study")
+    base = replace(default_base(args.epochs), seed=args.seed, data_dir=args.data_dir)
+    rows = agc_study(base, args.batch_sizes, args.lrs, args.clip_factors, csv_path)
+    plot_agc_study(rows, png_path, f"{base.model} on Fashion-MNIST, {args.epochs} epochs per "
+                   f"cell, seed {args.seed}")
+    print(f"wrote {csv_path} and {png_path}")
+
+
+def cmd_study_bn(args):
+    base = default_base(args.epochs)
+    csv_path, png_path = study_outputs(
+        args, "nf_vs_bn" + ("" if args.batch_size == base.batch_size else f"_b{args.batch_size}"))
+    base = replace(base, model=args.model, seed=args.seed, data_dir=args.data_dir,
+                   batch_size=args.batch_size, lr=base.lr * args.batch_size / base.batch_size)
+    rows = nf_vs_bn(base, csv_path)
+    plot_nf_vs_bn(rows, png_path, f"Fashion-MNIST, batch {base.batch_size}, lr {base.lr:g}, "
+                  f"{args.epochs} epochs, seed {args.seed}")
+    print(f"wrote {csv_path} and {png_path}")
+
+
+def cmd_convert(args):
+    check_writable(args.dst, "the output file")
+    meta = convert_file(args.src, args.dst, args.model)
+    print(f"wrote {args.dst}: {meta['model']} ({meta['numerics']} numerics) from "
+          f"{meta['source_format']} file {meta['source']}")

@@ -1,0 +1,86 @@
+"""Run directories and resuming: where a run writes, which run `--resume` continues, and which
+settings a resumed run may change (how it executes) and which it must keep (what it computes).
+"""
+
+import time
+from dataclasses import fields, replace
+from pathlib import Path
+
+from ..errors import ConfigError, OutputError
+from .checkpoints import load_checkpoint
+from .config import PRESETS, TrainConfig, from_dict, preset
+
+# Settings that change how a run executes, not what it computes: a resumed run may change them.
+EXECUTION_FIELDS = frozenset({"resume", "progress", "tensorboard", "threads", "workers",
+                              "out_dir", "device", "bf16", "compile", "grad_checkpointing",
+                              "checkpoint_every"})
+RUNS_ROOT = Path("runs")
+
+
+def run_dir(cfg):
+    """The run's directory, not created yet: `--out-dir`, or runs/<model>-<time>. Refuses a
+    file, and a directory holding another run unless resuming it."""
+    if cfg.resume and not cfg.out_dir:
+        raise ConfigError("--resume needs --out-dir RUN: the run to continue")
+    out = Path(cfg.out_dir or RUNS_ROOT / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out-dir {out} is a file, not a directory")
+    if out.is_dir() and any(out.iterdir()) and not cfg.resume:
+        raise ConfigError(f"output directory {out} already exists: pass --resume to continue "
+                          "that run, or choose another --out-dir")
+    return out
+
+
+def make_run_dir(out, cfg):
+    """Create the run directory, once every check has passed."""
+    if cfg.resume and not (out / "checkpoint.pt").is_file():
+        print(f"--resume: no checkpoint in {out} yet: starting the run", flush=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"cannot create the run directory {out}: {e.strerror or e}") from None
+
+
+def latest_run(model, root=RUNS_ROOT):
+    """The most recently checkpointed run directory of `model` under `root`, or None."""
+    runs = [p for p in Path(root).glob(f"{model}-*") if (p / "checkpoint.pt").is_file()]
+    return max(runs, key=lambda p: (p / "checkpoint.pt").stat().st_mtime, default=None)
+
+
+def config_differences(cfg, saved):
+    """'--flag: the run has X, given Y' for each setting that shapes the run and differs."""
+    return [f"--{f.name.replace('_', '-')}: the run has {getattr(saved, f.name)!r}, given "
+            f"{getattr(cfg, f.name)!r}" for f in fields(TrainConfig)
+            if f.name not in EXECUTION_FIELDS and getattr(cfg, f.name) != getattr(saved, f.name)]
+
+
+def config_to_resume(out, overrides):
+    """The config stored in `out`'s checkpoint with `overrides` (flags given again) applied, or
+    None when `out` has no checkpoint yet. Flags that shape the run must agree with it."""
+    path = Path(out) / "checkpoint.pt"
+    if not path.is_file():
+        return None
+    saved = from_dict(load_checkpoint(path)["config"])
+    cfg = replace(saved, **{**overrides, "resume": True, "out_dir": str(out)})
+    differ = config_differences(cfg, saved)
+    if differ:
+        raise ConfigError(f"{out} is a run with other settings; " + "; ".join(differ)
+                          + f". Resume it without them (normfree train --resume --out-dir {out})"
+                          " or start a new run")
+    return cfg
+
+
+def config_for_resume(preset_name, flags):
+    """`normfree train --resume [--out-dir RUN] [flags]`: the run's own config with the flags
+    given again, or, when RUN has no checkpoint yet, the preset's with the flags (the run
+    starts). Without --out-dir, the latest run of the model under runs/ (said)."""
+    out = flags.get("out_dir")
+    if out is None:
+        model = flags.get("model", PRESETS[preset_name].get("model", TrainConfig.model))
+        out = latest_run(model) if model else None
+        if out is None:
+            raise ConfigError(f"--resume without --out-dir: no {model or 'model'} run under "
+                              f"{RUNS_ROOT}/ to continue; pass --out-dir RUN")
+        print(f"--resume: continuing the latest {model} run, {out}", flush=True)
+    flags = {**flags, "out_dir": str(out)}
+    return config_to_resume(out, flags) or preset(preset_name, **flags)
