@@ -31,6 +31,10 @@ def run(args):
 
 def cmd_train(args):
     flags = given_flags(args)  # checked before any process starts
+    lengths = [f"--{name.replace('_', '-')}" for name in ("epochs", "steps", "time_budget")
+               if name in flags]
+    if len(lengths) > 1:
+        raise ConfigError(f"{' and '.join(lengths)} both set the run's length: give one")
     config = (config_for_resume(args.preset, flags) if flags.get("resume")
               else config_from_args(args))
     if args.nproc > 1 and "LOCAL_RANK" not in os.environ:

@@ -90,8 +90,7 @@ def plot_agc_study(rows, path, title):
 
 def default_base(epochs=2):
     """The study's per-cell recipe: the `fmnist` preset, shortened, without EMA or compile."""
-    return replace(preset("fmnist"), epochs=epochs, ema_decay=0.0, compile=False,
-                   tta_flip=False)
+    return preset("fmnist", epochs=epochs, ema_decay=0.0, compile=False, tta_flip=False)
 
 
 BN_FIELDS = ["model", "batch_size", "epoch", "seconds", "val_top1", "test_top1",

@@ -2,6 +2,7 @@
 
 import argparse
 import math
+import re
 import dataclasses
 import typing
 from dataclasses import dataclass, field, fields
@@ -53,6 +54,10 @@ class TrainConfig:
     eval_every: int = _flag(1, "validate every N epochs, and after the last")
     # optimisation
     epochs: int = _flag(16)
+    steps: Optional[int] = _flag(None, "optimizer steps in all, the last epoch possibly partial; "
+                                 "none: epochs × steps an epoch")
+    time_budget: Optional[str] = _flag(None, "wall-clock budget of the whole run (e.g. 15m, "
+                                       "2h): sets --steps after timing the first steps")
     batch_size: int = _flag(128, "global batch, over all processes")
     eval_batch_size: int = _flag(500)
     optimizer: str = _flag("sgd", "sgd (Nesterov) | adamw")
@@ -91,6 +96,10 @@ class TrainConfig:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ConfigError(f"--{f.name.replace('_', '-')} must be a finite number, got "
                                   f"{value!r}")
+        budget = self.time_budget
+        if budget is not None and not (parse_duration(budget) or 0) > 0:
+            raise ConfigError(f"--time-budget must be a duration like 15m, 1h30m or 90s, got "
+                              f"{budget!r}")
         for name, allowed in _CHOICES.items():
             value = getattr(self, name)
             if value is not None and value not in allowed():
@@ -100,7 +109,7 @@ class TrainConfig:
 
 # Values no run can use, refused when a config is made: field → (check, the rule in words).
 _RULES = {
-    **dict.fromkeys(("epochs", "batch_size", "eval_batch_size", "eval_every", "in_chans",
+    **dict.fromkeys(("epochs", "steps", "batch_size", "eval_batch_size", "eval_every", "in_chans",
                      "image_size", "synthetic_size"), (lambda v: v >= 1, "at least 1")),
     **dict.fromkeys(("val_size", "crop_padding", "mixup_alpha", "cutmix_alpha", "weight_decay",
                      "warmup_epochs", "clip_factor", "agc_eps", "threads", "checkpoint_every",
@@ -156,11 +165,30 @@ PRESETS = {
 }
 
 
+_UNITS = {"h": 3600, "m": 60, "s": 1}
+_DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m(?:in)?)?(?:(\d+(?:\.\d+)?)s)?")
+
+
+def parse_duration(text):
+    """Seconds of "15m", "2h", "1h30m", "90s" or "900" (seconds); None if unreadable."""
+    text = str(text).strip().lower().replace(" ", "")
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    match = _DURATION.fullmatch(text)
+    if not text or not match or not any(match.groups()):
+        return None
+    return sum(float(v) * unit for v, unit in zip(match.groups(), _UNITS.values()) if v)
+
+
 def preset(name, **overrides):
     """A `TrainConfig` from a named preset plus overrides (unknown keys are an error)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown preset {name!r}; available: {', '.join(PRESETS)}")
     values = {**PRESETS[name], **overrides}
+    if {"epochs", "steps"} & set(overrides) and "time_budget" not in overrides:
+        values["time_budget"] = None  # a length given replaces the preset's budget
     unknown = sorted(set(values) - {f.name for f in fields(TrainConfig)})
     if unknown:
         raise ConfigError(f"unknown TrainConfig field(s) {unknown}")
@@ -198,6 +226,8 @@ def add_config_flags(parser, shown_preset=DEFAULT_PRESET):
         flag = "--" + f.name.replace("_", "-")
         value = getattr(shown, f.name)
         value = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        if f.name in ("epochs", "steps") and shown.time_budget:
+            value = "set by --time-budget"
         text = " ".join(filter(None, [f.metadata["description"], f"({shown_preset}: "
                                       f"{'none' if value is None else value})"]))
         if _base_type(hints[f.name]) is bool:

@@ -6,6 +6,7 @@ every global batch (`distributed.py`); rank 0 alone logs and writes files.
 """
 
 import json
+import math
 import time
 import warnings
 from dataclasses import dataclass, replace
@@ -20,18 +21,18 @@ from tqdm import tqdm
 from ..data.batches import Normalize
 from ..data.datasets import make_data
 from ..errors import ConfigError, TrainingStopped
-from ..evaluation import evaluate
 from ..files import save_json
 from ..runtime import machine_info
 from ..weights.metadata import check_layout, export_weights, layout_of
 from . import distributed
+from .budget import StepTimer, budget_left, plan_budget
 from .checkpoints import load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from .config import TrainConfig, describe, from_dict, to_dict
 from .logs import EpochTally, MetricsLog, plot_curves
 from .optim import EMA, batch_mixer, build_optimizer, load_optimizer_state, lr_at, train_step
 from .resume import config_differences, make_run_dir, run_dir
-from .runs import (compiled, freeze, initialise_from, memory_format, model_for,
-                   preprocessing_of, resolve_config)
+from .runs import (compiled, evaluate_as_configured, freeze, initialise_from, memory_format,
+                   model_for, preprocessing_of, resolve_config)
 from .signals import StopOnSignal
 
 
@@ -55,15 +56,30 @@ class Run:
     step: int = 0
     epoch: int = 0
     selected: Optional[tuple] = None  # ("raw" or "ema", validation top-1) at the last validation
+    timer: Optional[StepTimer] = None  # times the first steps of a budgeted run
+    plan: Optional[dict] = None  # what a budgeted run measured and chose
 
     @property
     def steps_per_epoch(self):
         return len(self.data.train)
 
+    @property
+    def total_steps(self):
+        """Steps of the whole run; None while a budgeted run has not yet timed its steps."""
+        if self.cfg.steps:
+            return self.cfg.steps
+        return None if self.cfg.time_budget else self.cfg.epochs * self.steps_per_epoch
+
+    @property
+    def num_epochs(self):
+        total = self.total_steps
+        return None if total is None else math.ceil(total / self.steps_per_epoch)
+
     def lr(self):
-        steps = self.steps_per_epoch
-        return lr_at(self.step, self.cfg.lr, round(self.cfg.warmup_epochs * steps),
-                     self.cfg.epochs * steps)
+        """The schedule's rate at this step (while the length is unknown: warm-up, then the
+        peak rate)."""
+        return lr_at(self.step, self.cfg.lr, round(self.cfg.warmup_epochs * self.steps_per_epoch),
+                     self.total_steps or math.inf)
 
 
 def train(cfg: TrainConfig):
@@ -94,16 +110,20 @@ def _train(cfg, procs, device):
     run = build_run(cfg, started, procs, device, out, source)  # reads the data: checks it
     if state is not None:
         restore(run, state, path)
-        if run.epoch >= cfg.epochs and (out / "results.json").is_file():
+        if run.epoch >= (run.num_epochs or math.inf) and (out / "results.json").is_file():
             return finished(run)
     if procs.main:
         make_run_dir(out, run.cfg)  # only now, once everything has been checked
     announce(run)
+    if run.total_steps is None:
+        run.timer = StepTimer(run.step)
+    first, epoch = run.epoch, run.epoch
     with StopOnSignal() as stop:
-        for epoch in range(run.epoch, cfg.epochs):
-            tally = train_epoch(run, epoch, stop, state if epoch == run.epoch else None)
+        while run.num_epochs is None or epoch < run.num_epochs:
+            tally = train_epoch(run, epoch, stop, state if epoch == first else None)
             if procs.main:
                 end_epoch(run, epoch, tally)
+            epoch += 1
     return finish(run) if procs.main else None
 
 
@@ -174,6 +194,7 @@ def restore(run, state, path):
     if run.ema is not None:
         run.ema.module.load_state_dict(state["ema"])
     run.step, run.epoch, run.selected = state["step"], state["epoch"], state["selected"]
+    run.plan = state.get("budget")
     run.started -= state.get("train_seconds", 0.0)  # the time of the earlier processes
 
 
@@ -188,7 +209,7 @@ def announce(run):
           f"{describe(run.cfg)}", flush=True)
     if run.step:
         print(f"resuming {run.out} from step {run.step} (epoch {run.epoch + 1} of "
-              f"{run.cfg.epochs})", flush=True)
+              f"{run.num_epochs or '?'})", flush=True)
     save_json(run.out / "config.json", to_dict(run.cfg))
     run.log = MetricsLog(run.out, run.cfg.tensorboard, keep_epochs=run.epoch)
 
@@ -204,6 +225,7 @@ def save_run_checkpoint(run, epoch, tally=None):
             "ema": run.ema.module.state_dict() if run.ema else None, "step": run.step,
             "epoch": epoch, "tally": tally and tally.state(), "rng": rng,
             "selected": run.selected, "train_seconds": time.time() - run.started,
+            "budget": run.plan,
             "config": to_dict(run.cfg), "model_name": run.cfg.model,
             "layout": layout_of(run.model), "classes": list(run.data.classes)})
 
@@ -222,8 +244,9 @@ def train_epoch(run, epoch, stop, resumed=None):
         if len(resumed["rng"]) == procs.world_size:  # else: not bit-exact, same order
             set_rng_states(resumed["rng"][procs.rank])
     run.model.train()
-    bar = tqdm(run.data.train.iterate(tally.batches), total=run.steps_per_epoch,
-               initial=tally.batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", leave=False,
+    steps = min(run.steps_per_epoch, (run.total_steps or math.inf) - epoch * run.steps_per_epoch)
+    bar = tqdm(run.data.train.iterate(tally.batches), total=steps, initial=tally.batches,
+               desc=f"epoch {epoch + 1}/{run.num_epochs or '?'}", leave=False,
                disable=None if cfg.progress and procs.main else True, dynamic_ncols=True)
     for images, labels in bar:
         lr = run.lr()
@@ -238,22 +261,27 @@ def train_epoch(run, epoch, stop, resumed=None):
         if run.ema is not None:
             run.ema.update(run.model, run.step)
         tally.add(loss, logits, labels, clipped)
-        bar.set_postfix(loss=f"{tally.loss_sum / tally.seen:.3f}", lr=f"{lr:.3g}")
+        if run.timer is not None and run.timer.after_step(run.step):
+            plan_budget(run)
+            bar.total = min(run.steps_per_epoch, run.total_steps)
+        bar.set_postfix(loss=f"{tally.loss_sum / tally.seen:.3f}", lr=f"{lr:.3g}",
+                        **budget_left(run))
+        last = run.step == run.total_steps
         stopping = stop.requested(procs, run.device)  # all ranks agree on the step
         if stopping or (cfg.checkpoint_every and run.step % cfg.checkpoint_every == 0
-                        and tally.batches < run.steps_per_epoch):
+                        and tally.batches < run.steps_per_epoch and not last):
             save_run_checkpoint(run, epoch, tally)
         if stopping:
             raise TrainingStopped(f"stopped by {stopping.name} at step {run.step}; the "
                                   f"checkpoint in {run.out} is saved: continue with --resume",
                                   stopping)
+        if last:
+            break
     return tally.summed(procs, run.device)
 
 
 def validate(run, model):
-    cfg = run.cfg
-    return evaluate(model, run.data.val, run.normalize, tta_flip=cfg.tta_flip, bf16=cfg.bf16,
-                    memory_format=memory_format(cfg), what="validation images")
+    return evaluate_as_configured(run.cfg, model, run.data.val, run.normalize)
 
 
 def select_weights(val, val_ema, has_ema):
@@ -269,14 +297,14 @@ def end_epoch(run, epoch, tally):
     """Rank 0: validate when due (always after the last epoch, where raw vs EMA is chosen),
     print and log the epoch, checkpoint."""
     cfg = run.cfg
-    due = (epoch + 1) % cfg.eval_every == 0 or epoch + 1 == cfg.epochs
+    due = (epoch + 1) % cfg.eval_every == 0 or run.step == run.total_steps
     val = validate(run, run.model) if due and run.data.val else None
     val_ema = validate(run, run.ema.module) if due and run.data.val and run.ema else None
     lr = run.lr()
     row = {"epoch": epoch + 1, "step": run.step, **tally.summary(), "lr": lr,
            "val_loss": val and val["loss"], "val_acc": val and val["top1"],
            "val_acc_ema": val_ema and val_ema["top1"]}
-    print(f"epoch {epoch + 1:3d}/{cfg.epochs}  loss {row['train_loss']:.4f}  "
+    print(f"epoch {epoch + 1:3d}/{run.num_epochs}  loss {row['train_loss']:.4f}  "
           f"train {row['train_acc']:.2f}%" + (f"  val {val['top1']:.2f}%" if val else "")
           + (f"  val(EMA) {val_ema['top1']:.2f}%" if val_ema else "")
           + f"  {row['img_per_s']:.0f} img/s  lr {lr:.4f}  AGC clipped "
@@ -303,8 +331,7 @@ def finish(run):
     run.log.close()
     use_ema = run.ema is not None and run.selected and run.selected[0] == "ema"
     chosen = run.ema.module if use_ema else run.model
-    test = evaluate(chosen, run.data.test, run.normalize, tta_flip=cfg.tta_flip, bf16=cfg.bf16,
-                    memory_format=memory_format(cfg), what="test images")
+    test = evaluate_as_configured(cfg, chosen, run.data.test, run.normalize, "test images")
     report_skipped("test", run.data.test)
     plot_curves(out / "metrics.csv", out / "curves.png")
     export_weights(chosen, out / "model.safetensors",
@@ -314,7 +341,8 @@ def finish(run):
     results = {"test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"],
                "weights": run.selected[0] if run.selected else "raw",
                "val_top1": run.selected[1] if run.selected else None,
-               "epochs": cfg.epochs, "steps": run.step, "train_seconds": time.time() - run.started,
+               "epochs": run.num_epochs, "steps": run.step,
+               "train_seconds": time.time() - run.started, "budget": run.plan,
                "seed": cfg.seed, "machine": machine_info(), "out_dir": str(out),
                "skipped_images": {split: len(getattr(batches, "skipped", ())) for split, batches
                                   in (("train", run.data.train), ("test", run.data.test))}}

@@ -38,7 +38,7 @@ def resolve_config(cfg, device, saved=None):
     """
     source = None
     if saved is not None:
-        cfg = replace(cfg, **{k: saved[k] for k in ("model", "numerics", "image_size")
+        cfg = replace(cfg, **{k: saved[k] for k in ("model", "numerics", "image_size", "steps")
                               if getattr(cfg, k) is None and k in saved})
     if cfg.bf16 is None:
         cfg = replace(cfg, bf16=bf16_available(device))
@@ -100,6 +100,12 @@ def memory_format(cfg):
     return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
+def evaluate_as_configured(cfg, model, batches, normalize, what="validation images"):
+    """`evaluate` with the run's flip TTA, bf16 and memory format."""
+    return evaluate(model, batches, normalize, tta_flip=cfg.tta_flip, bf16=cfg.bf16,
+                    memory_format=memory_format(cfg), what=what)
+
+
 def evaluate_checkpoint(path, data_dir=None, split="test", device=None):
     """Top-1/top-5 of the weights a run selected (EMA or raw) on its dataset's `split`;
     `path` is the checkpoint or the run directory holding it."""
@@ -116,6 +122,6 @@ def evaluate_checkpoint(path, data_dir=None, split="test", device=None):
     check_layout(model, state.get("layout"), path)
     model.load_state_dict(state["ema"] if weights == "ema" else state["model"])
     model.to(device, memory_format=memory_format(cfg))
-    result = evaluate(model, getattr(data, split), Normalize(data.mean, data.std).to(device),
-                      tta_flip=cfg.tta_flip, bf16=cfg.bf16, memory_format=memory_format(cfg))
+    result = evaluate_as_configured(cfg, model, getattr(data, split),
+                                    Normalize(data.mean, data.std).to(device), f"{split} images")
     return {**result, "weights": weights, "split": split, "checkpoint": str(path)}

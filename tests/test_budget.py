@@ -1,0 +1,80 @@
+"""--time-budget: durations, the step plan, and a budgeted run that is stopped and resumed ends
+as a run of the planned number of steps, bit for bit."""
+
+import importlib
+import json
+import random
+from dataclasses import replace
+
+import pytest
+import torch
+
+from normfree.errors import ConfigError
+from normfree.training import budget
+from normfree.training.checkpoints import load_checkpoint
+from normfree.training.config import TrainConfig, parse_duration, preset
+from normfree.training.loop import train
+
+from test_user_errors import assert_refused, cli
+
+
+@pytest.mark.parametrize("text,seconds", [("15m", 900), ("2h", 7200), ("1h30m", 5400),
+                                          ("90s", 90), ("900", 900), ("15min", 900)])
+def test_durations(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["0", "-5m", "15 parsecs", "", "m"])
+def test_bad_budgets_are_refused_naming_the_flag(text, tmp_path, capsys):
+    with pytest.raises(ConfigError, match="--time-budget must be a duration like 15m"):
+        TrainConfig(time_budget=text)
+    code, _, err = cli(capsys, "train", "--preset", "debug", f"--time-budget={text}",
+                       "--out-dir", tmp_path / "run")
+    assert_refused(code, err, "--time-budget")
+    assert not (tmp_path / "run").exists()
+
+
+def test_epochs_and_budget_are_exclusive(tmp_path, capsys):
+    code, _, err = cli(capsys, "train", "--epochs", "3", "--time-budget", "5m",
+                       "--out-dir", tmp_path / "run")
+    assert_refused(code, err, "--epochs and --time-budget both set the run's length")
+
+
+def test_plan_is_the_most_steps_that_fit():
+    """100 s, 10 s spent after 25 steps of 100 an epoch; 0.1 s a step, 5 s a validation every
+    2nd epoch and after the last, 3 s the test, 2 s kept: 675 steps take 65 + 4·5 + 5 = 90 s of
+    the 90 left, 676 would not fit."""
+    assert budget.plan_steps(100, 10, 25, 100, 2, 0.1, 5, 3, 2) == 675
+    with pytest.raises(ConfigError, match=r"too small for one epoch.*about 0m28s"):
+        budget.plan_steps(20, 10, 25, 100, 2, 0.1, 5, 3, 2)
+
+
+def test_budgeted_run_stopped_and_resumed_equals_a_run_of_its_steps(tmp_path, monkeypatch):
+    # a fixed step time, so that the plan does not depend on how busy the machine is
+    monkeypatch.setattr(budget.StepTimer, "seconds_per_step", lambda self: 0.05)
+    loop = importlib.import_module("normfree.training.loop")
+    real_save = loop.save_checkpoint
+    stop_at = random.Random(0).randrange(30, 70)  # after the plan (at step 25)
+
+    def save_then_die(path, state):
+        real_save(path, state)
+        if state["step"] == stop_at:
+            raise KeyboardInterrupt
+    monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
+    cfg = preset("debug", epochs=16, time_budget="10s", warmup_epochs=3, checkpoint_every=1,
+                 progress=False, out_dir=str(tmp_path / "budget"))
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg)
+    planned = json.loads((tmp_path / "budget" / "config.json").read_text())["steps"]
+    assert planned > stop_at and load_checkpoint(tmp_path / "budget" / "checkpoint.pt")[
+        "step"] == stop_at
+    monkeypatch.setattr(loop, "save_checkpoint", real_save)
+    resumed = train(replace(cfg, resume=True))  # does not measure again
+    assert resumed["steps"] == planned and resumed["budget"]["steps"] == planned
+    straight = train(replace(cfg, time_budget=None, steps=planned, checkpoint_every=0,
+                             out_dir=str(tmp_path / "steps")))
+    assert straight["steps"] == planned
+    a = load_checkpoint(tmp_path / "budget" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "steps" / "checkpoint.pt")
+    for part in ("model", "ema"):
+        assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
