@@ -49,12 +49,21 @@ def test_plan_is_the_most_steps_that_fit():
         budget.plan_steps(20, 10, 25, 100, 2, 0.1, 5, 3, 2)
 
 
+def test_timer_measures_inside_the_warm_up():
+    timer = budget.StepTimer(first_step=0, warmup_steps=429)  # fmnist: one epoch of warm-up
+    assert (timer.start_step, timer.end_step) == (50, 200)
+    timer = budget.StepTimer(first_step=0, warmup_steps=36)
+    assert (timer.start_step, timer.end_step) == (9, 36)
+    timer = budget.StepTimer(first_step=100, warmup_steps=6)  # resumed after a short warm-up
+    assert (timer.start_step, timer.end_step) == (106, 125)
+
+
 def test_budgeted_run_stopped_and_resumed_equals_a_run_of_its_steps(tmp_path, monkeypatch):
     # a fixed step time, so that the plan does not depend on how busy the machine is
     monkeypatch.setattr(budget.StepTimer, "seconds_per_step", lambda self: 0.05)
     loop = importlib.import_module("normfree.training.loop")
     real_save = loop.save_checkpoint
-    stop_at = random.Random(0).randrange(30, 70)  # after the plan (at step 25)
+    stop_at = random.Random(0).randrange(40, 70)  # after the plan (at step 36)
 
     def save_then_die(path, state):
         real_save(path, state)
@@ -66,8 +75,8 @@ def test_budgeted_run_stopped_and_resumed_equals_a_run_of_its_steps(tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
     planned = json.loads((tmp_path / "budget" / "config.json").read_text())["steps"]
-    assert planned > stop_at and load_checkpoint(tmp_path / "budget" / "checkpoint.pt")[
-        "step"] == stop_at
+    stopped = load_checkpoint(tmp_path / "budget" / "checkpoint.pt")
+    assert stopped["step"] == stop_at < planned and stopped["budget"]["planned_at_step"] == 36
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
     resumed = train(replace(cfg, resume=True))  # does not measure again
     assert resumed["steps"] == planned and resumed["budget"]["steps"] == planned

@@ -24,11 +24,14 @@ def describe_seconds(seconds):
 
 
 class StepTimer:
-    """Times this process's steps `skip` + 1 … `skip` + `measure` (compiling and warming up
-    come first and are not counted)."""
+    """Times a stretch of this process's steps: from a quarter of the way (compiling and the
+    first slow steps are not counted) to the end of the warm-up, 25 to 200 steps after the
+    first, so that the length is known while the rate does not yet depend on it."""
 
-    def __init__(self, first_step, skip=5, measure=20):
-        self.start_step, self.end_step = first_step + skip, first_step + skip + measure
+    def __init__(self, first_step, warmup_steps):
+        span = min(max(warmup_steps - first_step, 25), 200)
+        self.start_step = first_step + max(5, span // 4)
+        self.end_step = first_step + span
         self.started = None
 
     def after_step(self, step):

@@ -116,7 +116,7 @@ def _train(cfg, procs, device):
         make_run_dir(out, run.cfg)  # only now, once everything has been checked
     announce(run)
     if run.total_steps is None:
-        run.timer = StepTimer(run.step)
+        run.timer = StepTimer(run.step, round(cfg.warmup_epochs * run.steps_per_epoch))
     first, epoch = run.epoch, run.epoch
     with StopOnSignal() as stop:
         while run.num_epochs is None or epoch < run.num_epochs:

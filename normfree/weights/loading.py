@@ -4,6 +4,7 @@ checked before the model is touched, so a failed load leaves the model as it was
 
 import pickle
 import re
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -50,7 +51,9 @@ def load_torch_file(path, map_location="cpu"):
         raise CheckpointError(f"{path}: not a weights file normfree can read (expected a "
                               "PyTorch checkpoint, a .safetensors file or a Haiku pickle)")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch's notes on odd pickles: our errors say more
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError:
         raise CheckpointError(f"{path}: holds Python objects other than tensors and plain "
                               "containers; normfree does not unpickle those (it could run code "
