@@ -177,3 +177,13 @@ def test_loaded_optimizer_buffers_take_their_parameters_layout():
     weight, buffer = run(torch.contiguous_format)
     assert buffer.stride() == weight.stride()
     assert torch.equal(weight, expected)
+
+
+def test_compiling_for_the_cpu_keeps_inductors_cuda_notice_out_of_the_output():
+    import logging
+
+    from normfree.training.runs import compiled
+    model = create_model("nfnet_tiny", 10)
+    step = compiled(model, preset("debug", compile=True), torch.device("cpu"))
+    assert step is not model  # compiled lazily, on the first call
+    assert logging.getLogger("torch.utils.cpp_extension").getEffectiveLevel() == logging.ERROR

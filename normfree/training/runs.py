@@ -2,6 +2,7 @@
 weights, partly frozen, compiled), output directory, and the metadata its exported weights carry.
 """
 
+import logging
 import shutil
 import warnings
 from dataclasses import replace
@@ -85,6 +86,8 @@ def compiled(model, cfg, device):
         warnings.warn("--compile: no C++ compiler on PATH (inductor needs one on CPU); "
                       "training without torch.compile", stacklevel=2)
         return model
+    if device.type == "cpu":  # inductor logs, while compiling for the CPU, that it found no CUDA
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     return torch.compile(model)
 
 
