@@ -2,6 +2,7 @@
 settings a resumed run may change (how it executes) and which it must keep (what it computes).
 """
 
+import json
 import time
 from dataclasses import fields, replace
 from pathlib import Path
@@ -55,12 +56,15 @@ def config_differences(cfg, saved):
 
 
 def config_to_resume(out, overrides):
-    """The config stored in `out`'s checkpoint with `overrides` (flags given again) applied, or
+    """The config of the run in `out` with `overrides` (flags given again) applied, or
     None when `out` has no checkpoint yet. Flags that shape the run must agree with it."""
-    path = Path(out) / "checkpoint.pt"
+    path, written = Path(out) / "checkpoint.pt", Path(out) / "config.json"
     if not path.is_file():
         return None
-    saved = from_dict(load_checkpoint(path)["config"])
+    # config.json holds the config the checkpoint does (the loop checks that when it loads
+    # the checkpoint): reading it spares loading a large checkpoint twice
+    saved = from_dict(json.loads(written.read_text()) if written.is_file()
+                      else load_checkpoint(path)["config"])
     cfg = replace(saved, **{**overrides, "resume": True, "out_dir": str(out)})
     differ = config_differences(cfg, saved)
     if differ:
