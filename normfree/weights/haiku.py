@@ -92,12 +92,6 @@ def read_haiku_file(path):
     return params
 
 
-def is_haiku_pickle(path):
-    """Pickles start with the PROTO opcode 0x80; zip-based torch files and safetensors do not."""
-    with Path(path).open("rb") as f:
-        return f.read(1) == b"\x80"
-
-
 # Haiku module names (joined with "/~/") → normfree module names (docs/architecture.md §10).
 _BLOCK_MODULES = {"conv0": "conv1", "conv1": "conv2", "conv1b": "conv2b", "conv2": "conv3",
                   "conv_shortcut": "downsample.conv", "squeeze_excite/~/linear": "se.fc1",

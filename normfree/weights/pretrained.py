@@ -16,9 +16,8 @@ from ..errors import CheckpointError, DataError
 from ..evaluation import evaluate_folder
 from ..nn.zoo import create_model
 from ..runtime import default_device
-from .haiku import is_haiku_pickle
 from .keymaps import convert_state_dict, detect_format
-from .loading import infer_variant, load_weights, read_state_dict
+from .loading import file_kind, infer_variant, load_weights, read_state_dict
 from .metadata import check_layout, export_weights, read_metadata
 
 
@@ -74,7 +73,7 @@ def load_pretrained(path, model_name=None, device=None):
     raw = read_state_dict(path)
     meta = read_metadata(path)
     fmt = detect_format(raw)
-    source_format = "haiku" if is_haiku_pickle(path) else fmt
+    source_format = "haiku" if file_kind(path) == "pickle" else fmt
     state = convert_state_dict(raw, fmt)
     name = model_name or meta.get("model") or infer_variant(state)
     numerics = meta.get("numerics") or ("timm" if source_format == "timm" else "deepmind")
