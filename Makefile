@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_PINS)
-	$(PY) -m pip install --quiet -e '.[test,tensorboard,onnx]'
+	$(PY) -m pip install --quiet -e '.[test,tensorboard,onnx,hub]'
 	touch $@
 
 install: $(VENV)/.installed

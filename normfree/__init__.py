@@ -10,7 +10,7 @@ __version__ = "0.1.0"
 
 _API = {  # public name → the module defining it
     "NFConfig": "nn.config", "block_betas": "nn.config", "VARIANTS": "nn.variants",
-    "list_models": "nn.variants", "create_model": "nn.zoo", "count_params": "nn.zoo",
+    "list_models": "nn.variants", "create_model": "weights.pretrained", "count_params": "nn.zoo",
     "count_macs": "nn.zoo", "adaptive_clip_grad_": "training.agc",
     "param_groups": "training.agc", "TrainConfig": "training.config",
     "preset": "training.config", "train": "training.loop",

@@ -15,9 +15,16 @@ from .errors import NormfreeError, TrainingStopped
 from .nn.counts import count
 from .nn.variants import BN_TWINS, get_config, list_models
 from .training.config import DEFAULT_PRESET, PRESETS, add_config_flags
+from .weights.releases import RELEASES
+
+
+WEIGHTS_HELP = ("Haiku (F*_haiku.npz), timm or normfree weights file, or a Hugging Face Hub id "
+                "hf-hub:OWNER/NAME (normfree list --pretrained)")
 
 
 def cmd_list(args):
+    if args.pretrained:
+        return list_releases()
     print("Parameters with a 1000-class classifier and each model's own input channels (3; 1 for "
           "the 28-px variants), GMACs at its test size:")
     print(f"{'model':<20} {'params':>14} {'GMACs':>8} {'test px':>8}")
@@ -25,6 +32,18 @@ def cmd_list(args):
         cfg = get_config(name)
         params, macs = count(cfg, batch_norm=name in BN_TWINS)
         print(f"{name:<20} {params:>14,} {macs / 1e9:>8.2f} {cfg.test_size:>8}")
+
+
+def list_releases():
+    print("Models with released ImageNet weights (load: normfree.create_model(NAME, "
+          "pretrained=True), or --weights HUB_ID):")
+    print(f"{'model':<18} {'top-1 %':>7} {'params':>12} {'test px':>7}  hub id")
+    for name, release in RELEASES.items():
+        top1 = f"{release.top1:.2f}" if release.top1 else "-"
+        print(f"{name:<18} {top1:>7} {count(get_config(name))[0]:>12,} {release.test_size:>7}"
+              f"  {release.hub_id}")
+    print("top-1: the F models as DeepMind published them (Brock et al. 2021), the others "
+          "from timm's release notes")
 
 
 def add_output_flags(parser):
@@ -66,6 +85,9 @@ def build_parser(help_preset=DEFAULT_PRESET):
         return commands.add_parser(name, allow_abbrev=False, **kwargs)
 
     p = command("list", help="every model with parameters and GMACs")
+    p.add_argument("--pretrained", action="store_true",
+                   help="instead: the models with released weights, their ImageNet top-1 and "
+                        "hub ids")
 
     p = command("train", help="train a model (default: Fashion-MNIST preset)",
                 description="Train a model. Flags override the preset's values.",
@@ -81,13 +103,13 @@ def build_parser(help_preset=DEFAULT_PRESET):
     p = command("eval", help="top-1/top-5 of a training checkpoint, or of weights "
                              "on an image folder",
                 description="Either --checkpoint RUN/checkpoint.pt (its own dataset) "
-                            "or --weights FILE --data DIR (the reference "
-                            "preprocessing: resize to (S+32)² bicubic, centre crop "
-                            "S).")
+                            "or --weights FILE --data DIR (the weights' own "
+                            "preprocessing: timm's for timm's weights, else the "
+                            "reference's, resize to (S+32)² bicubic and centre crop S).")
     p.add_argument("--checkpoint", default=None,
                    help="a training run: its directory or its checkpoint.pt")
     p.add_argument("--weights", default=None,
-                   help="Haiku (F*_haiku.npz), timm or normfree .safetensors weights")
+                   help=WEIGHTS_HELP)
     p.add_argument("--data", "--data-dir", dest="data", default=None,
                    help="with --weights: ImageFolder tree (class folders in the weights' class "
                         "order, e.g. ImageNet wnids) or flat folder; with --checkpoint: "
@@ -97,7 +119,7 @@ def build_parser(help_preset=DEFAULT_PRESET):
                         "per line")
     p.add_argument("--model", default=None, help="variant name; default: from the weights")
     p.add_argument("--image-size", type=positive_int, default=None,
-                   help="crop size S; default: the variant's test size")
+                   help="crop size S; default: the weights' own (their preprocessing)")
     p.add_argument("--batch-size", type=positive_int, default=50, help="default: %(default)s")
     p.add_argument("--bad-images", default="skip", choices=["skip", "stop"],
                    help="unreadable images: skip them (counted) or stop")
@@ -107,7 +129,7 @@ def build_parser(help_preset=DEFAULT_PRESET):
 
     p = command("predict", help="top-5 classes of images")
     p.add_argument("images", nargs="+", help="image files")
-    p.add_argument("--weights", required=True, help="Haiku, timm or normfree weights")
+    p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     p.add_argument("--model", default=None, help="variant name; default: from the weights")
     p.add_argument("--top", type=positive_int, default=5,
                    help="classes per image (default: %(default)s)")
@@ -117,7 +139,7 @@ def build_parser(help_preset=DEFAULT_PRESET):
 
     p = command("export", help="fold Scaled WS and export to ONNX (checked with "
                                "onnxruntime)")
-    p.add_argument("--weights", required=True, help="Haiku, timm or normfree weights")
+    p.add_argument("--weights", required=True, help=WEIGHTS_HELP)
     p.add_argument("--onnx", required=True, help="output .onnx file")
     p.add_argument("--model", default=None, help="variant name; default: from the weights")
     p.add_argument("--image-size", type=positive_int, default=None,
@@ -183,8 +205,9 @@ def build_parser(help_preset=DEFAULT_PRESET):
                    help=f"Fashion-MNIST IDX files; default: {FMNIST_DIR}")
     add_output_flags(p)
 
-    p = command("convert", help="Haiku or timm NFNet weights → normfree .safetensors")
-    p.add_argument("src", help="F0_haiku.npz … F6_haiku.npz, or timm dm_nfnet_* weights")
+    p = command("convert", help="Haiku or timm NF weights → normfree .safetensors")
+    p.add_argument("src", help="F0_haiku.npz … F6_haiku.npz, a timm NF weights file (e.g. "
+                               "model.safetensors) or hf-hub:OWNER/NAME")
     p.add_argument("dst", help="output .safetensors (no pickle needed to load it)")
     p.add_argument("--model", default=None, help="variant name; default: inferred from the file")
     return parser

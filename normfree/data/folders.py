@@ -16,7 +16,8 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 from ..errors import ConfigError, DataError
 from .batches import Data, Sharded
-from .transforms import IMAGENET_MEAN, IMAGENET_STD, folder_train_transform, image_transform
+from . import IMAGENET_MEAN, IMAGENET_STD
+from .transforms import folder_train_transform, image_transform
 
 BAD_IMAGE_POLICIES = ("skip", "stop")
 

@@ -2,8 +2,6 @@
 
 from torchvision.transforms import v2
 
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
 
 def small_image_transform(size, crop_padding, flip, randaugment, random_erasing):
     """Per-image training augmentation for small greyscale/colour images (uint8 in and out)."""
@@ -19,16 +17,18 @@ def small_image_transform(size, crop_padding, flip, randaugment, random_erasing)
     return v2.Compose(steps) if steps else None
 
 
-def image_transform(crop, resize=None, in_chans=3, interpolation="bicubic"):
-    """PIL image → uint8 CHW tensor: the whole image resized to `resize`², centre crop `crop`.
+def image_transform(crop, resize=None, in_chans=3, interpolation="bicubic", resize_mode="squash"):
+    """PIL image → uint8 CHW tensor: the whole image resized to `resize`² ("squash"), or its
+    shorter side to `resize` ("shorter", timm's usual), then centre crop `crop`.
 
-    With `resize = crop + 32` and bicubic this is the reference's evaluation preprocessing
-    (docs/architecture.md §11); normalisation happens later, on the model's device.
+    With `resize = crop + 32`, "squash" and bicubic this is the reference's evaluation
+    preprocessing (docs/architecture.md §11); normalisation happens later, on the model's device.
     """
+    resize = resize or crop
     mode = v2.InterpolationMode(interpolation)
     return v2.Compose([v2.Grayscale(1) if in_chans == 1 else v2.RGB(),
-                       v2.Resize((resize or crop, resize or crop), interpolation=mode,
-                                 antialias=True),
+                       v2.Resize((resize, resize) if resize_mode == "squash" else resize,
+                                 interpolation=mode, antialias=True),
                        v2.CenterCrop(crop), v2.PILToTensor()])
 
 

@@ -11,7 +11,7 @@ from torch import nn
 from ..errors import ConfigError
 from .activations import Activation
 from .layers import StochasticDepth
-from .network import Bottleneck, Downsample, Head, ImageClassifier, build_stages, make_se
+from .network import Bottleneck, Downsample, Head, ImageClassifier, add_attention, build_stages
 from .padding import MaxPoolSame, SameConv2d
 
 ORDERS = ("bn_act", "act_bn")
@@ -45,8 +45,7 @@ class BNBlock(Bottleneck):
         widths = [plan.in_channels, plan.width, plan.width if cfg.second_conv else 0, plan.width]
         self.preacts = nn.ModuleList(preactivation(w, act, order) if w else nn.Identity()
                                      for w in widths)
-        self.se_on_bottleneck = cfg.se_on_bottleneck
-        self.se = make_se(cfg, plan)
+        add_attention(self, cfg, plan)
         self.residual = nn.Identity()
         self.drop_path = StochasticDepth(plan.drop_rate, cfg.stochastic_depth_rescale)
 

@@ -9,6 +9,11 @@ from ..errors import ConfigError
 from .gamma import ACTIVATION_NAMES
 
 
+_CHOICES = {"ws_eps": ("clamp", "add"), "classifier_init": ("normal", "zeros"),
+            "attention": ("se", "eca", None), "gamma_placement": ("activation", "conv"),
+            "padding": ("same", "symmetric")}
+
+
 @dataclass(frozen=True)
 class NFConfig:
     """One NF architecture. Every field names a real difference between the model families."""
@@ -22,9 +27,11 @@ class NFConfig:
     bottleneck_from_input: bool = False  # ... base = in_channels (RegNet) or out_channels
     first_block_ratio: Optional[float] = None  # RegNet: ratio of the network's first block
     group_width: Optional[int] = 128    # width rounded down to groups of this; None: dense 3×3
+    channel_divisor: int = 1            # 1: widths rounded down (papers); 8: timm's rounding
     second_conv: bool = True            # NFNet's extra grouped 3×3 (conv2b)
-    se_ratio: Optional[float] = 0.5     # hidden = int(channels · ratio); None: no SE
-    se_on_bottleneck: bool = False      # RegNet: SE after the 3×3 instead of at the block end
+    attention: Optional[str] = "se"     # "se" (squeeze-excite), "eca" (timm's L family), None
+    se_ratio: float = 0.5               # SE hidden width = channels · ratio, rounded
+    se_on_bottleneck: bool = False      # RegNet: attention after the 3×3, not at the block end
     shortcut_avg_pool: bool = True      # strided shortcut: avg-pool + 1×1, else strided 1×1
     stem_widths: tuple = (16, 32, 64, 128)
     stem_strides: tuple = (2, 1, 1, 2)
@@ -36,7 +43,12 @@ class NFConfig:
     stochastic_depth_rescale: bool = False  # timm divides kept examples by 1 − rate
     ws_eps: str = "clamp"               # "clamp": reference, "add": timm
     weight_standardization: bool = True  # False: plain He-initialised convs (for SPP studies)
-    skip_init: bool = True              # skip gain starts at 0 (SkipInit); False: at 1
+    skip_gain: bool = True              # a learnable skip gain per block (timm's own: none)
+    skip_init: bool = True              # the branch starts switched off (SkipInit): skip gain
+    #                                     0, or without one the last conv's gain 0; False: 1
+    gamma_placement: str = "activation"  # where γ applies: after every activation (papers), or
+    #                                      "conv": in every WS conv, none after the last act (timm)
+    padding: str = "same"               # "same": TensorFlow's (papers); "symmetric": PyTorch's
     classifier_init: str = "normal"     # N(0, 0.01), or "zeros" (NF-RegNet)
     in_chans: int = 3
     train_size: int = 224
@@ -53,11 +65,12 @@ class NFConfig:
         if self.activation not in ACTIVATION_NAMES:
             raise ConfigError(f"NFConfig.activation must be one of {sorted(ACTIVATION_NAMES)}, "
                              f"got {self.activation!r}")
-        if self.ws_eps not in ("clamp", "add"):
-            raise ConfigError(f"NFConfig.ws_eps must be 'clamp' or 'add', got {self.ws_eps!r}")
-        if self.classifier_init not in ("normal", "zeros"):
-            raise ConfigError("NFConfig.classifier_init must be 'normal' or 'zeros', "
-                             f"got {self.classifier_init!r}")
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"NFConfig.{name} must be one of "
+                                 f"{', '.join(map(repr, choices))}, got {getattr(self, name)!r}")
+        if self.group_width and self.group_width % self.channel_divisor:
+            raise ConfigError("NFConfig.group_width must be a multiple of channel_divisor")
         if not 0.0 <= self.dropout < 1.0 or not 0.0 <= self.stochastic_depth < 1.0:
             raise ConfigError("NFConfig.dropout and stochastic_depth must be in [0, 1)")
         if self.in_chans < 1 or min(self.depths) < 1:
@@ -77,6 +90,28 @@ class BlockPlan(NamedTuple):
     stride: int
     beta: float
     drop_rate: float
+
+
+def round_channels(value, divisor, floor=0.9):
+    """`value` channels as a whole number: rounded down (divisor 1, the papers), or to the
+    nearest multiple of `divisor`, at least `divisor` and, when `floor` > 0, not below
+    `floor` · value (timm's rule)."""
+    if divisor == 1:
+        return int(value)
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < floor * value else rounded
+
+
+def attention_hidden(cfg, channels):
+    """The hidden width of a squeeze-excite over `channels` (timm rounds with no floor)."""
+    return max(1, round_channels(channels * cfg.se_ratio, cfg.channel_divisor, floor=0.0))
+
+
+def eca_kernel_size(channels):
+    """ECA's 1-D kernel size over C channels: int((log2 C + 1) / 2), made odd by adding 1,
+    at least 3 (Wang et al. 2020, as timm computes it)."""
+    k = int(abs(math.log(channels, 2) + 1) / 2)  # math.log, not log2: timm's rounding
+    return max(k if k % 2 else k + 1, 3)
 
 
 def block_betas(depths, alpha):
@@ -103,7 +138,8 @@ def plan_blocks(cfg):
             ratio = cfg.bottleneck_ratio
             if i == 0 and cfg.first_block_ratio is not None:
                 ratio = cfg.first_block_ratio
-            width = int((in_channels if cfg.bottleneck_from_input else out_channels) * ratio)
+            base = in_channels if cfg.bottleneck_from_input else out_channels
+            width = round_channels(base * ratio, cfg.channel_divisor)
             groups = 1
             if cfg.group_width:
                 groups = width // cfg.group_width

@@ -8,7 +8,7 @@ models (`zoo.count_params`, `zoo.count_macs`) for every kind of variant.
 import math
 from dataclasses import dataclass
 
-from .config import plan_blocks
+from .config import attention_hidden, eca_kernel_size, plan_blocks
 
 
 @dataclass
@@ -68,15 +68,19 @@ def _block(tally, cfg, plan, size, conv, batch_norm):
     if cfg.second_conv:
         tally.conv(plan.width, plan.width, 3, out_size, plan.groups, **conv)
     tally.conv(plan.width, plan.out_channels, 1, out_size, **conv)
-    if cfg.se_ratio:
-        channels = plan.width if cfg.se_on_bottleneck else plan.out_channels
-        hidden = max(1, int(channels * cfg.se_ratio))
+    channels = plan.width if cfg.se_on_bottleneck else plan.out_channels
+    if cfg.attention == "se":
+        hidden = attention_hidden(cfg, channels)
         tally.linear(channels, hidden)
         tally.linear(hidden, channels)
+    elif cfg.attention == "eca":  # a 1-D conv across the pooled channels, no bias
+        kernel = eca_kernel_size(channels)
+        tally.params += kernel
+        tally.macs += kernel * channels
     if batch_norm:  # pre-activations of the block input and of each bottleneck conv's input
         for channels in (plan.in_channels, plan.width, plan.width if cfg.second_conv else 0,
                          plan.width):
             tally.norm(channels)
-    else:
-        tally.params += 1  # the skip gain
+    elif cfg.skip_gain:
+        tally.params += 1
     return out_size

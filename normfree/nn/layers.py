@@ -1,4 +1,5 @@
-"""Squeeze-excite and stochastic depth as the NF papers use them (docs/architecture.md §5)."""
+"""Channel attention (squeeze-excite, ECA) and stochastic depth as NF networks use them
+(docs/architecture.md §5)."""
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,22 @@ class SqueezeExcite(nn.Module):
         """The (N, C, 1, 1) multipliers for `x`; NF blocks fold them into the skip-gain multiply."""
         s = self.fc2(F.relu(self.fc1(x.mean(dim=(2, 3)))))
         return (2.0 * torch.sigmoid(s))[:, :, None, None]
+
+
+class EfficientChannelAttention(nn.Module):
+    """ECA (Wang et al. 2020): a gate per channel from a 1-D conv across the pooled channels,
+    times 2 (the NF attention gain), as timm's L-family NFNets use it."""
+
+    def __init__(self, channels, kernel_size):
+        super().__init__()
+        self.conv = nn.Conv1d(1, 1, kernel_size, padding=(kernel_size - 1) // 2, bias=False)
+
+    def forward(self, x):
+        return x * self.gate(x)
+
+    def gate(self, x):
+        s = self.conv(x.mean(dim=(2, 3))[:, None, :])
+        return (2.0 * torch.sigmoid(s))[:, 0, :, None, None]
 
 
 class StochasticDepth(nn.Module):

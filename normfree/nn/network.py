@@ -19,9 +19,10 @@ from torch.utils.checkpoint import checkpoint
 
 from ..errors import InputError
 from .activations import Activation, ScaledActivation
-from .config import plan_blocks, split_stages
-from .layers import SqueezeExcite, StochasticDepth
-from .padding import AvgPoolSame, MaxPoolSame, SameConv2d
+from .config import attention_hidden, eca_kernel_size, plan_blocks, split_stages
+from .gamma import gamma_of
+from .layers import EfficientChannelAttention, SqueezeExcite, StochasticDepth
+from .padding import AvgPoolSame, SameConv2d, max_pool
 from .ws_conv import WSConv2d
 
 
@@ -34,9 +35,9 @@ def make_conv(cfg, in_channels, out_channels, kernel_size, stride=1, groups=1, g
     """
     if cfg.weight_standardization:
         return WSConv2d(in_channels, out_channels, kernel_size, stride, groups, cfg.ws_eps,
-                        input_gain=gamma * beta)
+                        input_gain=gamma * beta, padding_rule=cfg.padding)
     conv = SameConv2d(in_channels, out_channels, kernel_size, stride, groups=groups,
-                      input_gain=gamma * beta)
+                      input_gain=gamma * beta, padding_rule=cfg.padding)
     fan_in = conv.weight[0].numel()
     nn.init.normal_(conv.weight, 0.0, (2.0 / fan_in) ** 0.5 / gamma)
     nn.init.zeros_(conv.bias)
@@ -55,16 +56,25 @@ class Downsample(nn.Module):
         return self.conv(x if self.pool is None else self.pool(x))
 
 
-def make_se(cfg, plan):
-    if not cfg.se_ratio:
-        return None
+def add_attention(block, cfg, plan):
+    """Give `block` its channel attention as `block.se` or `block.eca` (the other None)."""
     channels = plan.width if cfg.se_on_bottleneck else plan.out_channels
-    return SqueezeExcite(channels, max(1, int(channels * cfg.se_ratio)))
+    block.se = (SqueezeExcite(channels, attention_hidden(cfg, channels))
+                if cfg.attention == "se" else None)
+    block.eca = (EfficientChannelAttention(channels, eca_kernel_size(channels))
+                 if cfg.attention == "eca" else None)
+    block.se_on_bottleneck = cfg.se_on_bottleneck
 
 
 class Bottleneck(nn.Module):
     """Wiring shared by NF blocks and their BN twins: pre-activation, shortcut, 1×1, 3×3,
-    (second 3×3), (SE), 1×1, (SE). Subclasses build the layers and define `preact(i, x)`."""
+    (second 3×3), (attention), 1×1, (attention). Subclasses build the layers and define
+    `preact(i, x)`."""
+
+    @property
+    def attention(self):
+        """The block's squeeze-excite or ECA module, or None."""
+        return self.se if self.se is not None else self.eca
 
     def branch_and_shortcut(self, x):
         a = self.preact(0, x)
@@ -73,12 +83,13 @@ class Bottleneck(nn.Module):
         last = self.conv2
         if self.conv2b is not None:
             out, last = self.conv_then_preact(self.conv2, 2, out), self.conv2b
-        if self.se is not None and self.se_on_bottleneck:
-            out = self.preact(3, self.se(last(out)))
+        attention = self.attention
+        if attention is not None and self.se_on_bottleneck:
+            out = self.preact(3, attention(last(out)))
         else:
             out = self.conv_then_preact(last, 3, out)
         out = self.conv3(out)
-        gate = self.se.gate(out) if self.se is not None and not self.se_on_bottleneck else None
+        gate = attention.gate(out) if attention is not None and not self.se_on_bottleneck else None
         # the branch output is out · gate; the subclass's forward applies the gate (and
         # stochastic depth) and calls `residual`
         return out, gate, shortcut
@@ -110,11 +121,14 @@ class NFBlock(Bottleneck):
         self.conv2b = (make_conv(cfg, plan.width, plan.width, 3, 1, plan.groups, gamma)
                        if cfg.second_conv else None)
         self.conv3 = make_conv(cfg, plan.width, plan.out_channels, 1, gamma=gamma)
-        self.se_on_bottleneck = cfg.se_on_bottleneck
-        self.se = make_se(cfg, plan)
+        add_attention(self, cfg, plan)
         self.residual = nn.Identity()  # measurement point: a hook on it sees the branch f(x)
         self.drop_path = StochasticDepth(plan.drop_rate, cfg.stochastic_depth_rescale)
-        self.skip_gain = nn.Parameter(torch.tensor(0.0 if cfg.skip_init else 1.0))
+        self.skip_gain = None
+        if cfg.skip_gain:
+            self.skip_gain = nn.Parameter(torch.tensor(0.0 if cfg.skip_init else 1.0))
+        elif cfg.skip_init and isinstance(self.conv3, WSConv2d):
+            nn.init.zeros_(self.conv3.gain)  # SkipInit without a skip gain, as timm does
 
     def preact(self, index, x):
         return self.act(x)  # × γ (and β) inside the next conv
@@ -129,12 +143,14 @@ class NFBlock(Bottleneck):
         out = self.residual(out)
         # the SE gate and the drop-path mask ride on the skip-gain multiply: one full-size
         # multiply-add per block (a separate gate multiply costs a pass forward, two backward)
-        multiplier = self.skip_gain * self.alpha
+        multiplier = self.alpha if self.skip_gain is None else self.skip_gain * self.alpha
         mask = self.drop_path.mask_for(out)
         if mask is not None:
             multiplier = mask * multiplier
         if gate is not None:
             multiplier = gate * multiplier
+        if isinstance(multiplier, float):
+            return torch.add(shortcut, out, alpha=multiplier)
         return torch.addcmul(shortcut, out, multiplier)
 
 
@@ -246,23 +262,28 @@ class NFNet(ImageClassifier):
     def __init__(self, cfg, num_classes=1000):
         super().__init__()
         self.cfg, self.num_classes = cfg, num_classes
-        self.act = ScaledActivation(cfg.activation)
+        # γ after every activation (the papers; the final one scales the features), or, in
+        # timm's own models, in every conv whether an activation feeds it or not
+        gamma_in_convs = cfg.gamma_placement == "conv"
+        self.act = (Activation if gamma_in_convs else ScaledActivation)(cfg.activation)
+        gamma = gamma_of(cfg.activation)
         stem, in_channels = Stem(), cfg.in_chans
         for i, (width, stride) in enumerate(zip(cfg.stem_widths, cfg.stem_strides)):
             if i:
                 stem.add_module(f"act{i}", Activation(cfg.activation))
             stem.add_module(f"conv{i + 1}", make_conv(
                 cfg, in_channels, width, cfg.stem_kernel, stride,
-                gamma=self.act.gamma if i else 1.0))
+                gamma=gamma if i or gamma_in_convs else 1.0))
             in_channels = width
         if cfg.stem_max_pool:
-            stem.add_module("pool", MaxPoolSame(3, 2))
+            stem.add_module("pool", max_pool(cfg.padding))
         self.stem = stem
         self.stages = build_stages(cfg, lambda plan: NFBlock(cfg, plan))
         channels = cfg.widths[-1]
         self.final_conv = None
         if cfg.final_channels:
-            self.final_conv = make_conv(cfg, channels, cfg.final_channels, 1)  # input: no act
+            self.final_conv = make_conv(cfg, channels, cfg.final_channels, 1,  # input: no act
+                                        gamma=gamma if gamma_in_convs else 1.0)
             channels = cfg.final_channels
         self.num_features = channels
         self.head = Head(channels, num_classes, cfg.dropout, cfg.classifier_init)

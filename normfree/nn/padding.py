@@ -1,8 +1,10 @@
-"""TensorFlow 'SAME' padding for convs and pools (docs/architecture.md §7).
+"""TensorFlow 'SAME' padding for convs and pools (docs/architecture.md §7), and PyTorch's
+symmetric padding for the models timm defined itself.
 
 TF pads (p, p) or, when the total is odd (even input, stride 2), (p, p + 1) with the extra pixel
 after. The padding is resolved once per input size and cached; a copy (`F.pad`) is made only when
-the rule is asymmetric, which PyTorch's conv padding cannot express.
+the rule is asymmetric, which PyTorch's conv padding cannot express. The symmetric rule pads
+((stride − 1) + dilation · (kernel − 1)) // 2 on both sides whatever the input size.
 """
 
 import math
@@ -18,8 +20,16 @@ def same_padding(size, kernel_size, stride, dilation=1):
     return total // 2, total - total // 2
 
 
+def symmetric_padding(kernel_size, stride, dilation=1):
+    return ((stride - 1) + dilation * (kernel_size - 1)) // 2
+
+
+PADDING_RULES = ("same", "symmetric")
+
+
 class SamePaddingMixin:
-    """Resolves TF 'SAME' padding per input size once, as conv padding or as an explicit pad.
+    """Resolves the padding (`padding_rule`: TF 'SAME', the default, or "symmetric") per input
+    size once, as conv padding or as an explicit pad.
 
     `forward(x, activation)` also applies the activation that follows the conv, so that a
     subclass can compute it inside the conv (`WSConv2d`'s prepacked CPU path).
@@ -28,7 +38,11 @@ class SamePaddingMixin:
     def _padding_for(self, height, width):
         key = (int(height), int(width))  # ints also when traced (ONNX export: fixed size)
         cached = self._padding_cache.get(key)
-        if cached is None:
+        if cached is None and self.padding_rule == "symmetric":
+            cached = (tuple(symmetric_padding(k, s, d) for k, s, d in zip(
+                self.kernel_size, self.stride, self.dilation)), None)
+            self._padding_cache[key] = cached
+        elif cached is None:
             pad_h = same_padding(key[0], self.kernel_size[0], self.stride[0], self.dilation[0])
             pad_w = same_padding(key[1], self.kernel_size[1], self.stride[1], self.dilation[1])
             if pad_h[0] == pad_h[1] and pad_w[0] == pad_w[1]:
@@ -53,12 +67,12 @@ class SamePaddingMixin:
 
 
 class SameConv2d(SamePaddingMixin, nn.Conv2d):
-    """A plain conv with TF 'SAME' padding (BN twins, unstandardised NF convs, folded WS convs);
-    `input_gain` multiplies the weight, as in `WSConv2d`."""
+    """A plain conv with TF 'SAME' (or symmetric) padding (BN twins, unstandardised NF convs,
+    folded WS convs); `input_gain` multiplies the weight, as in `WSConv2d`."""
 
-    def __init__(self, *args, input_gain=1.0, **kwargs):
+    def __init__(self, *args, input_gain=1.0, padding_rule="same", **kwargs):
         super().__init__(*args, **kwargs)
-        self.input_gain = input_gain
+        self.input_gain, self.padding_rule = input_gain, padding_rule
         self._padding_cache = {}
 
     def conv_weight(self):
@@ -82,9 +96,14 @@ class MaxPoolSame(nn.Module):
         return F.max_pool2d(x, self.kernel_size, self.stride, padding, ceil_mode=ceil_mode)
 
 
+def max_pool(padding_rule):
+    """The stem's 3×3/2 max pool under `padding_rule`."""
+    return MaxPoolSame(3, 2) if padding_rule == "same" else nn.MaxPool2d(3, 2, padding=1)
+
+
 class AvgPoolSame(nn.Module):
     """2×2/2 average pool, TF 'SAME', dividing by the count of valid pixels
-    (docs/architecture.md §7.2)."""
+    (docs/architecture.md §7.2); PyTorch's ceil-mode pool, timm's choice, is the same."""
 
     def forward(self, x):
         return F.avg_pool2d(x, 2, 2, ceil_mode=True, count_include_pad=False)

@@ -2,8 +2,10 @@
 the batch-norm twins' names; plain data, importable without torch (`zoo.py` builds models).
 
 Small-image variants (`*_s*`, `*_tiny`) are ours: the papers' block rules with smaller widths and
-stems. `numerics="timm"` switches a config to timm's `dm_nfnet_*` conventions (exact GELU, WS eps
-added, stochastic depth rescaled) so that timm's weights give timm's logits.
+stems. timm's own models (`nfnet_l0`, `eca_nfnet_l*`, `test_nfnet`, `timm_nf_*`) carry timm's
+conventions in their configs. `numerics="timm"` switches a config to timm's `dm_nfnet_*`
+conventions (exact GELU, WS eps added, stochastic depth rescaled) so that timm's weights give
+timm's logits.
 """
 
 from dataclasses import replace
@@ -28,7 +30,7 @@ def _nfnet(n, plus=False, **kw):
 NF_RESNET = NFConfig(
     depths=(3, 4, 6, 3), widths=(256, 512, 1024, 2048), strides=(1, 2, 2, 2),
     activation="relu", bottleneck_ratio=0.25, group_width=None, second_conv=False,
-    se_ratio=None, shortcut_avg_pool=False, stem_widths=(64,), stem_strides=(2,),
+    attention=None, shortcut_avg_pool=False, stem_widths=(64,), stem_strides=(2,),
     stem_kernel=7, stem_max_pool=True, final_channels=0, dropout=0.0, stochastic_depth=0.1)
 
 
@@ -41,6 +43,24 @@ def _nf_regnet(widths, depths, train_size, test_size, dropout):
         stem_strides=(2,), final_channels=1280 * widths[-1] // 440, dropout=dropout,
         stochastic_depth=0.1, classifier_init="zeros", train_size=train_size,
         test_size=test_size)
+
+
+# timm's own NF models (Wightman, pytorch-image-models `nfnet.py`), with the conventions of its
+# `NormFreeNet`: PyTorch's symmetric padding, WS eps added, γ in every conv (none after the last
+# activation), no skip gain (SkipInit, when on, zeroes the last conv's gain), channels rounded
+# to multiples of 8, drop-path rescaled. Train/test sizes: those timm's weights were made at.
+_TIMM = dict(ws_eps="add", padding="symmetric", gamma_placement="conv", skip_gain=False,
+             channel_divisor=8, stochastic_depth_rescale=True)
+
+
+def _timm_nfnet(depths, final, attention, widths=(256, 512, 1536, 1536), group_width=64,
+                stem_end=128, **kw):
+    """timm's light NFNets (L family, `test_nfnet`): the F models' 4-conv stem and extra 3×3,
+    SiLU, bottleneck 0.25, group width 64, SE 0.25 or ECA."""
+    return NFConfig(depths=depths, widths=widths, activation="silu", bottleneck_ratio=0.25,
+                    group_width=group_width, attention=attention, se_ratio=0.25,
+                    stem_widths=(stem_end // 8, stem_end // 4, stem_end // 2, stem_end),
+                    final_channels=final, **_TIMM, **kw)
 
 
 # Small-image variants (28-64 px, ours): NFNet blocks with narrower stages, group width 32, a
@@ -63,6 +83,22 @@ VARIANTS = {
     "nf_regnet_b3": _nf_regnet((56, 128, 248, 528), (2, 5, 9, 9), 288, 320, 0.3),
     "nf_regnet_b4": _nf_regnet((64, 144, 288, 616), (2, 6, 11, 11), 320, 384, 0.4),
     "nf_regnet_b5": _nf_regnet((80, 168, 336, 704), (3, 7, 14, 14), 384, 456, 0.4),
+    "nfnet_l0": _timm_nfnet((1, 2, 6, 3), 2304, "se", train_size=224, test_size=288),
+    "eca_nfnet_l0": _timm_nfnet((1, 2, 6, 3), 2304, "eca", train_size=224, test_size=288),
+    "eca_nfnet_l1": _timm_nfnet((2, 4, 12, 6), 3072, "eca", train_size=256, test_size=320),
+    "eca_nfnet_l2": _timm_nfnet((3, 6, 18, 9), 3072, "eca", train_size=320, test_size=384),
+    "eca_nfnet_l3": _timm_nfnet((4, 8, 24, 12), 3072, "eca", train_size=352, test_size=448),
+    "test_nfnet": _timm_nfnet((1, 1, 1, 1), 192, "se", widths=(32, 64, 96, 128), group_width=8,
+                              train_size=160, test_size=160),
+    # timm's `nf_resnet50` differs from the paper's: no skip gains, and an avg-pool + 1×1
+    # shortcut on strided blocks (the paper strides the 1×1).
+    "timm_nf_resnet50": replace(NF_RESNET, shortcut_avg_pool=True, train_size=256,
+                                test_size=288, **_TIMM),
+    # timm's `nf_regnet_b1`, "not to paper spec" (its own words): widths, the stem and the
+    # bottleneck and SE widths rounded to multiples of 8, no skip gains.
+    "timm_nf_regnet_b1": replace(
+        _nf_regnet((48, 104, 208, 440), (2, 4, 7, 7), 256, 288, 0.2), widths=(40, 80, 160, 328),
+        stem_widths=(40,), classifier_init="normal", **_TIMM),
     "nfnet_s0": NFConfig(depths=(1, 1, 2, 1), widths=(64, 128, 256, 256), **_SMALL),
     # The stem keeps 28 px and the first block halves it: its two 3×3 convs see every pixel,
     # for a little more time per step and higher accuracy (docs/results.md, fmnist-long).

@@ -130,7 +130,7 @@ def _prepacked_path_applies(x):
 
 
 class WSConv2d(SamePaddingMixin, nn.Conv2d):
-    """Conv with Scaled Weight Standardization and TF 'SAME' padding.
+    """Conv with Scaled Weight Standardization and TF 'SAME' (or symmetric) padding.
 
     Ŵ_o = g_o · (W_o − mean(W_o)) / sqrt(max(N · var(W_o), 1e-4))   (eps_mode "clamp", reference)
     Ŵ_o = g_o · (W_o − mean(W_o)) / sqrt(N · (var(W_o) + 1e-5))      (eps_mode "add", timm)
@@ -139,13 +139,13 @@ class WSConv2d(SamePaddingMixin, nn.Conv2d):
     """
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, groups=1,
-                 eps_mode="clamp", input_gain=1.0):
+                 eps_mode="clamp", input_gain=1.0, padding_rule="same"):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, groups=groups,
                          bias=True)
         if eps_mode not in ("clamp", "add"):
             raise ValueError(f"eps_mode must be 'clamp' or 'add', got {eps_mode!r}")
         self.eps_mode = eps_mode
-        self.input_gain = input_gain
+        self.input_gain, self.padding_rule = input_gain, padding_rule
         self.gain = nn.Parameter(torch.ones(out_channels))
         self.fan_in = self.weight[0].numel()
         self._padding_cache = {}

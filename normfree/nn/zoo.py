@@ -13,7 +13,8 @@ from .variants import BN_TWINS, apply_numerics, get_config
 
 
 def create_model(name, num_classes=1000, *, numerics="deepmind", **overrides):
-    """Build a model by name. Returns logits for NCHW float input.
+    """Build a model by name, with fresh weights (`normfree.create_model` adds
+    `pretrained=True`). Returns logits for NCHW float input.
 
     `numerics`: "deepmind" (the reference, default) or "timm" (timm's `dm_nfnet_*` conventions).
     `overrides`: any `NFConfig` field (e.g. `in_chans=1`, `dropout=0.0`); BN twins also take

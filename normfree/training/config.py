@@ -29,8 +29,9 @@ class TrainConfig:
                                               "over the blocks; none: the model's own")
     skip_init: Optional[bool] = _flag(None, "skip gains start at 0 (SkipInit); none: the "
                                       "model's own")
-    init_from: Optional[str] = _flag(None, "weights to fine-tune (Haiku, timm or normfree file; "
-                                     "the classifier is replaced if the classes differ)")
+    init_from: Optional[str] = _flag(None, "weights to fine-tune (Haiku, timm or normfree file, "
+                                     "or hf-hub:OWNER/NAME; the classifier is replaced if the "
+                                     "classes differ)")
     freeze: Optional[str] = _flag(None, "modules kept fixed, e.g. stem,stages.0")
     # data
     dataset: str = _flag("fashion-mnist", "fashion-mnist | folder | synthetic")

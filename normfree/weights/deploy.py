@@ -30,18 +30,20 @@ def fold_ws(model):
             if isinstance(child, WSConv2d):
                 conv = SameConv2d(child.in_channels, child.out_channels, child.kernel_size,
                                   stride=child.stride, dilation=child.dilation,
-                                  groups=child.groups, bias=True)
+                                  groups=child.groups, bias=True,
+                                  padding_rule=child.padding_rule)
                 # Ŵ keeps W's memory format (channels_last stays channels_last)
                 conv.weight = nn.Parameter(child.standardized_weight().detach().clone(
                     memory_format=torch.preserve_format), requires_grad=False)
                 conv.bias = nn.Parameter(child.bias.detach().clone(), requires_grad=False)
                 setattr(parent, name, conv)
     for block in model.modules():
-        if isinstance(block, NFBlock) and block.se is None:
-            scale = block.skip_gain * block.alpha
+        if isinstance(block, NFBlock) and block.attention is None:
+            scale = block.alpha if block.skip_gain is None else block.skip_gain * block.alpha
             block.conv3.weight.mul_(scale)
             block.conv3.bias.mul_(scale)
-            block.skip_gain.fill_(1.0)
+            if block.skip_gain is not None:
+                block.skip_gain.fill_(1.0)
             block.alpha = 1.0
     return model
 

@@ -27,26 +27,52 @@ class UnsafeWeightsError(CheckpointError):
     """The file references code that a weights file has no business calling."""
 
 
-_NUMPY_GLOBALS = {
-    (module, name): obj
-    for module in ("numpy.core.multiarray", "numpy._core.multiarray")
-    for name, obj in (("_reconstruct", multiarray._reconstruct), ("scalar", multiarray.scalar))
-}
-_NUMPY_GLOBALS[("numpy", "ndarray")] = np.ndarray
-_NUMPY_GLOBALS[("numpy", "dtype")] = np.dtype
-_ARRAY_CONSTRUCTORS = (multiarray._reconstruct, np.ndarray)
+def _declared_bytes(shape, dtype):
+    count = 1
+    for n in (shape if isinstance(shape, (tuple, list)) else (shape,)):
+        count *= int(n)
+    return count * np.dtype(dtype).itemsize
 
 
-def _create_array(f, args, state, npdict=None):
-    """dill's `_create_array`, restricted to numpy's own array constructors."""
-    if not any(f is allowed for allowed in _ARRAY_CONSTRUCTORS):
-        raise UnsafeWeightsError(f"dill array helper asked to call {f!r}; only numpy array "
-                                 "reconstruction is allowed")
-    array = f(*args)
-    array.__setstate__(state)
-    if npdict:
-        raise UnsafeWeightsError("array subclass attributes (dill npdict) are not allowed")
-    return array
+class _ArrayConstructors:
+    """numpy's array constructors, refusing any array larger than the file that declares it:
+    an allocation the file's own bytes cannot fill is a hostile or damaged file (a pickle can
+    ask for a terabyte in a few bytes)."""
+
+    def __init__(self, limit):
+        self.limit = limit
+
+    def _check(self, shape, dtype):
+        try:
+            size = _declared_bytes(shape, dtype)
+        except (TypeError, ValueError, OverflowError):
+            raise UnsafeWeightsError(f"an array of shape {shape!r} and dtype {dtype!r}: "
+                                     "not a plain numeric array") from None
+        if size > self.limit:
+            raise UnsafeWeightsError(f"declares an array of {size:,} bytes ({shape}), more than "
+                                     f"the file's {self.limit:,}: damaged or hostile")
+
+    def reconstruct(self, subtype, shape, dtype):
+        if subtype not in (np.ndarray, self.ndarray):  # the file names numpy.ndarray: ours
+            raise UnsafeWeightsError(f"array subclass {subtype!r} is not allowed")
+        self._check(shape, dtype)
+        return multiarray._reconstruct(np.ndarray, shape, dtype)
+
+    def ndarray(self, shape, dtype=float, buffer=None, *args):
+        if buffer is None:
+            self._check(shape, dtype)
+        return np.ndarray(shape, dtype, buffer, *args)
+
+    def create_array(self, f, args, state, npdict=None):
+        """dill's `_create_array`, restricted to numpy's own (bounded) array constructors."""
+        if f not in (self.reconstruct, self.ndarray):
+            raise UnsafeWeightsError(f"dill array helper asked to call {f!r}; only numpy "
+                                     "array reconstruction is allowed")
+        array = f(*args)
+        array.__setstate__(state)
+        if npdict:
+            raise UnsafeWeightsError("array subclass attributes (dill npdict) are not allowed")
+        return array
 
 
 def _flat_mapping(mapping=None):
@@ -58,14 +84,22 @@ def _flat_mapping(mapping=None):
     return dict(mapping)
 
 
+_NUMPY_MODULES = ("numpy.core.multiarray", "numpy._core.multiarray")
+
+
 class _WeightsUnpickler(pickle.Unpickler):
+    def __init__(self, file, limit):
+        super().__init__(file)
+        self.arrays = _ArrayConstructors(limit)
+
     def find_class(self, module, name):
-        if (module, name) in _NUMPY_GLOBALS:
-            return _NUMPY_GLOBALS[(module, name)]
-        if (module, name) == ("dill._dill", "_create_array"):
-            return _create_array
-        if (module, name) == ("haiku._src.data_structures", "FlatMapping"):
-            return _flat_mapping
+        allowed = {("numpy", "ndarray"): self.arrays.ndarray, ("numpy", "dtype"): np.dtype,
+                   ("dill._dill", "_create_array"): self.arrays.create_array,
+                   ("haiku._src.data_structures", "FlatMapping"): _flat_mapping}
+        if module in _NUMPY_MODULES and name in ("_reconstruct", "scalar"):
+            return self.arrays.reconstruct if name == "_reconstruct" else multiarray.scalar
+        if (module, name) in allowed:
+            return allowed[(module, name)]
         raise UnsafeWeightsError(
             f"refusing to load {module}.{name}: a weights file may only reference numpy array "
             "reconstruction, dill's _create_array and Haiku's FlatMapping")
@@ -76,7 +110,7 @@ def read_haiku_file(path):
     path = Path(path)
     try:
         with path.open("rb") as f:
-            params = _WeightsUnpickler(f).load()
+            params = _WeightsUnpickler(f, limit=path.stat().st_size).load()
     except CheckpointError as e:
         raise type(e)(f"{path}: {e}") from None
     except FileNotFoundError:

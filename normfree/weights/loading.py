@@ -13,6 +13,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..nn.variants import VARIANTS
+from ..nn.zoo import create_model
 from . import haiku
 from .keymaps import convert_state_dict, detect_format
 
@@ -140,13 +141,48 @@ def load_weights(model, source, fmt=None):
     return model
 
 
+def _shapes(state):
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _variant_shapes(name, num_classes, in_chans):
+    """Parameter names and shapes of a variant, from a model built on the meta device."""
+    with torch.device("meta"):
+        model = create_model(name, num_classes, in_chans=in_chans)
+    return _shapes(model.state_dict())
+
+
+def _differences(found, expected):
+    """The tensors in which a file (`found`) and a variant (`expected`) differ, described."""
+    missing = [f"{k} (missing)" for k in expected if k not in found]
+    extra = [f"{k} (not in the variant)" for k in found if k not in expected]
+    shapes = [f"{k} {found[k]} vs {expected[k]}" for k in found
+              if k in expected and found[k] != expected[k]]
+    return missing + extra + shapes
+
+
 def infer_variant(state):
-    """The NFNet-F* variant (or its "+" twin) whose depths and stem width a state dict has."""
-    depths = _depths(state)
-    stem_width = state["stem.conv4.weight"].shape[0] if "stem.conv4.weight" in state else None
-    for name, cfg in VARIANTS.items():
-        if (name.startswith("nfnet_f") and tuple(cfg.depths) == depths
-                and cfg.stem_widths[-1] == stem_width):
-            return name
-    raise CheckpointError(f"cannot tell the variant of weights with stage depths {depths}; "
-                          "pass --model NAME")
+    """The variant whose parameter names and shapes a normfree-named state dict has exactly,
+    found among the variants with its stage depths; an error names the nearest variants and
+    the tensors that differ when none or several fit."""
+    if "head.fc.weight" not in state or "stem.conv1.weight" not in state:
+        raise CheckpointError("no stem.conv1 / head.fc weights: not a whole classifier")
+    size = (state["head.fc.weight"].shape[0], state["stem.conv1.weight"].shape[1])
+    found, depths = _shapes(state), _depths(state)
+    candidates = [n for n, c in VARIANTS.items() if tuple(c.depths) == depths] or sorted(
+        VARIANTS, key=lambda n: _depth_distance(VARIANTS[n].depths, depths))[:3]
+    differences = {n: _differences(found, _variant_shapes(n, *size)) for n in candidates}
+    exact = [n for n, diff in differences.items() if not diff]
+    if len(exact) == 1:
+        return exact[0]
+    if exact:
+        raise CheckpointError(f"weights fit {' and '.join(exact)} alike; name one with --model")
+    nearest = sorted(differences, key=lambda n: len(differences[n]))[:3]
+    described = "; ".join(f"{n}: {len(differences[n])} tensors differ, e.g. "
+                          + ", ".join(differences[n][:3]) for n in nearest)
+    raise CheckpointError(f"weights of an unknown architecture (stage depths {depths}); "
+                          f"nearest known variants: {described}")
+
+
+def _depth_distance(a, b):
+    return abs(len(a) - len(b)) * 100 + sum(abs(x - y) for x, y in zip(a, b))

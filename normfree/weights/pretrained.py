@@ -3,6 +3,8 @@ normfree), with its classes and the preprocessing it expects; evaluate, predict,
 
 import functools
 import hashlib
+import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,11 +13,13 @@ from torch import nn
 
 from ..data.batches import Normalize
 from ..data.folders import open_image
-from ..data.transforms import IMAGENET_MEAN, IMAGENET_STD, image_transform
-from ..errors import CheckpointError, DataError
+from ..data import IMAGENET_MEAN, IMAGENET_STD
+from ..data.transforms import image_transform
+from ..errors import CheckpointError, ConfigError, DataError
 from ..evaluation import evaluate_folder
-from ..nn.zoo import create_model
+from ..nn import zoo
 from ..runtime import default_device
+from . import hub, releases
 from .keymaps import convert_state_dict, detect_format
 from .loading import file_kind, infer_variant, load_weights, read_state_dict
 from .metadata import check_layout, export_weights, read_metadata
@@ -43,13 +47,17 @@ class Pretrained:
     classes: tuple
     preprocessing: dict
     source_format: str
+    path: Path = None   # the file read (for a hub id: in the cache)
 
     def transform(self, image_size=None):
         """PIL image → uint8 tensor, as the weights expect (`image_size` overrides the crop)."""
         pre = self.preprocessing
-        if image_size:
-            pre = {**pre, "crop": image_size, "resize": image_size + pre["resize"] - pre["crop"]}
-        return image_transform(pre["crop"], pre["resize"], pre["in_chans"], pre["interpolation"])
+        if image_size:  # timm's keep their crop fraction, the reference its 32-px margin
+            resize = (math.floor(image_size / pre["crop_pct"]) if "crop_pct" in pre
+                      else image_size + pre["resize"] - pre["crop"])
+            pre = {**pre, "crop": image_size, "resize": resize}
+        return image_transform(pre["crop"], pre["resize"], pre["in_chans"], pre["interpolation"],
+                               pre.get("resize_mode", "squash"))
 
     def normalize(self):
         return Normalize(self.preprocessing["mean"], self.preprocessing["std"])
@@ -67,32 +75,97 @@ class Pretrained:
                 "image_size": image_size or self.preprocessing["crop"]}
 
 
-def load_pretrained(path, model_name=None, device=None):
-    """Build the variant a weights file holds (Haiku, timm or normfree) and load it strictly."""
+def load_pretrained(source, model_name=None, device=None, **overrides):
+    """Build the variant a weights file holds (Haiku, timm or normfree; a path, or a Hugging
+    Face Hub id `hf-hub:owner/name`) and load it strictly. `overrides`: `NFConfig` fields
+    that do not change the parameters (e.g. `dropout`)."""
+    path, timm_config = hub.fetch(source) if hub.is_hub_id(source) else (source, None)
     path = Path(path)
+    if timm_config is None and path.with_name("config.json").is_file():
+        timm_config = path.with_name("config.json")
+    timm_config = _read_timm_config(timm_config)
     raw = read_state_dict(path)
     meta = read_metadata(path)
     fmt = detect_format(raw)
     source_format = "haiku" if file_kind(path) == "pickle" else fmt
     state = convert_state_dict(raw, fmt)
-    name = model_name or meta.get("model") or infer_variant(state)
-    numerics = meta.get("numerics") or ("timm" if source_format == "timm" else "deepmind")
     if "head.fc.weight" not in state or "stem.conv1.weight" not in state:
         raise CheckpointError(f"{path}: no stem.conv1 / head.fc weights: not a whole classifier")
+    try:
+        name = (model_name or meta.get("model") or releases.model_of_timm_config(timm_config)
+                or infer_variant(state))
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
+    numerics = meta.get("numerics") or ("timm" if source_format == "timm" else "deepmind")
     num_classes, in_chans = state["head.fc.weight"].shape[0], state["stem.conv1.weight"].shape[1]
-    model = create_model(name, num_classes, numerics=numerics, in_chans=in_chans)
+    model = zoo.create_model(name, num_classes, numerics=numerics, in_chans=in_chans,
+                             **overrides)
     load_weights(model, state, "normfree")  # first: another variant's shapes say more
     check_layout(model, meta.get("layout"), path)
-    classes = tuple(meta.get("classes") or (imagenet_classes() if num_classes == 1000 else
-                                            (str(i) for i in range(num_classes))))
+    classes = tuple(meta.get("classes") or timm_config.get("label_names") or (
+        imagenet_classes() if num_classes == 1000 else (str(i) for i in range(num_classes))))
     if len(classes) != num_classes:
         raise CheckpointError(f"{path}: metadata names {len(classes)} classes, the classifier "
                               f"has {num_classes}")
-    preprocessing = meta.get("preprocessing") or reference_preprocessing(model.cfg.test_size,
-                                                                         in_chans)
     device = default_device(device)
-    return Pretrained(model.to(device).eval(), name, numerics, classes, preprocessing,
-                      source_format)
+    return Pretrained(model.to(device).eval(), name, numerics, classes,
+                      _preprocessing(meta, timm_config, source_format, model), source_format,
+                      path)
+
+
+def _read_timm_config(path):
+    if path is None:
+        return {}
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: not a readable timm config.json ({e})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: not a timm config.json (expected a JSON object)")
+    return config
+
+
+def _preprocessing(meta, timm_config, source_format, model):
+    """What the weights were evaluated with: normfree's record, timm's config.json, timm's
+    facts for its released weights, else the reference's (DeepMind's files)."""
+    in_chans = model.cfg.in_chans
+    if meta.get("preprocessing"):
+        return meta["preprocessing"]
+    if timm_config.get("pretrained_cfg") or timm_config.get("input_size"):
+        try:
+            return {**releases.preprocessing_from_timm_config(timm_config), "in_chans": in_chans}
+        except (KeyError, TypeError, IndexError, ZeroDivisionError):
+            raise CheckpointError("timm config.json: no usable input_size / crop_pct") from None
+    release = releases.RELEASES.get(model.name)
+    if source_format == "timm" and release is not None and in_chans == 3:
+        return releases.release_preprocessing(release)
+    return reference_preprocessing(model.cfg.test_size, in_chans)
+
+
+def create_model(name, num_classes=None, *, pretrained=False, numerics=None, device=None,
+                 **overrides):
+    """A model by name (`normfree.create_model`), on the CPU unless `device` says otherwise:
+    `nn.zoo.create_model`'s fresh one, or with `pretrained=True` loaded with the weights its
+    makers released (`releases.RELEASES`) from the Hugging Face Hub. Then `num_classes` other
+    than the weights' replaces the classifier (for fine-tuning) and `numerics` other than the
+    weights' switches conventions."""
+    if not pretrained:
+        model = zoo.create_model(name, num_classes or 1000, numerics=numerics or "deepmind",
+                                 **overrides)
+        return model if device is None else model.to(device)
+    release = releases.RELEASES.get(name)
+    if release is None:
+        raise ConfigError(f"no released weights for {name!r}; released: "
+                          f"{', '.join(releases.RELEASES)}")
+    loaded = load_pretrained(release.hub_id, name, device or "cpu", **overrides)
+    model = loaded.model
+    if numerics and numerics != loaded.numerics:
+        switched = zoo.create_model(name, len(loaded.classes), numerics=numerics, **overrides)
+        switched.load_state_dict(model.state_dict())
+        model = switched.to(next(model.parameters()).device).eval()
+    if num_classes and num_classes != len(loaded.classes):
+        model.reset_classifier(num_classes)
+    return model
 
 
 @torch.no_grad()
@@ -125,15 +198,15 @@ def predict(pretrained, paths, top=5, image_size=None, bad_images="stop"):
 
 def convert_file(src, dst, model_name=None):
     """Haiku, timm or normfree weights → a normfree `.safetensors` with metadata (returned)."""
-    src = Path(src)
     pretrained = load_pretrained(src, model_name, device="cpu")
     digest = hashlib.sha256()
-    with src.open("rb") as f:
+    with pretrained.path.open("rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     metadata = {"model": pretrained.name, "numerics": pretrained.numerics,
                 "num_classes": len(pretrained.classes), "classes": list(pretrained.classes),
-                "source": src.name, "source_format": pretrained.source_format,
+                "source": str(src) if hub.is_hub_id(src) else Path(src).name,
+                "source_format": pretrained.source_format,
                 "source_sha256": digest.hexdigest(), "preprocessing": pretrained.preprocessing}
     export_weights(pretrained.model, dst, metadata)
     return metadata
