@@ -6,7 +6,9 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
 def small_image_transform(size, crop_padding, flip, randaugment, random_erasing):
-    """Per-image training augmentation for small greyscale/colour images (uint8 in and out)."""
+    """Per-image training augmentation for small greyscale/colour images (uint8 in and out).
+    In-memory data uses it with RandAugment only: otherwise `BatchAugment` draws the same
+    distribution for a whole batch at once."""
     steps = []
     if crop_padding:
         steps.append(v2.RandomCrop(size, padding=crop_padding))
