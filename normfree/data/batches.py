@@ -3,8 +3,8 @@
 model's device.
 
 Images stay uint8 until they reach the model's device; small datasets live in memory as one
-tensor and are augmented per image with torchvision v2 transforms (a few % of a training step,
-docs/benchmarks.md).
+tensor and are augmented a batch at a time (`BatchAugment`), or per image with torchvision v2
+transforms when RandAugment is on (docs/benchmarks.md).
 """
 
 from dataclasses import dataclass
@@ -33,13 +33,15 @@ class Sharded:
 
 
 class TensorBatches(Sharded):
-    """Batches of an in-memory uint8 dataset; `transform` (torchvision v2) runs per image."""
+    """Batches of an in-memory uint8 dataset. `transform` (torchvision v2) runs per image on
+    torch's global RNG; `augment` (a `BatchAugment`) runs on the whole batch with parameters
+    drawn from `generator`, as `iterate` says."""
 
-    def __init__(self, images, labels, batch_size, shuffle=False, transform=None,
+    def __init__(self, images, labels, batch_size, shuffle=False, transform=None, augment=None,
                  drop_last=False, seed=0):
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.drop_last = batch_size, shuffle, drop_last
-        self.transform = transform
+        self.transform, self.augment = transform, augment
         self.generator = torch.Generator().manual_seed(seed)
 
     @property
@@ -54,15 +56,24 @@ class TensorBatches(Sharded):
         return self.iterate()
 
     def iterate(self, start=0):
-        """Batches `start`, `start` + 1, ... of this pass (the order is drawn in full first, so
-        resuming mid-epoch sees the same batches)."""
+        """Batches `start`, `start` + 1, ... of this pass, the same as an uninterrupted pass
+        gives them, so resuming mid-epoch sees the same batches: the pass first draws the order
+        in full, then one number, `pass_seed`; batch i's augmentation draws from its own
+        generator seeded `pass_seed + i`, for the whole global batch (each process applies its
+        rows), so it depends neither on earlier batches nor on the number of processes."""
         n = len(self.labels)
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        pass_seed = int(torch.randint(2 ** 62, (), generator=self.generator))
         for i in range(start, len(self)):
-            index = self.part(order[i * self.batch_size:(i + 1) * self.batch_size])
+            batch = order[i * self.batch_size:(i + 1) * self.batch_size]
+            index = self.part(batch)
             images = self.images[index]
             if self.transform is not None:
                 images = torch.stack([self.transform(image) for image in images])
+            if self.augment is not None:
+                generator = torch.Generator(self.images.device).manual_seed(pass_seed + i)
+                draw = self.augment.draw(len(batch), *images.shape[-2:], generator)
+                images = self.augment(images, draw.rows(self.part))
             yield images, self.labels[index]
 
 

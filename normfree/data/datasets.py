@@ -4,6 +4,7 @@ an image-folder tree or synthetic images, as a training config describes them.""
 import torch
 
 from ..errors import DataError
+from .batch_augment import BatchAugment
 from .batches import Data, TensorBatches
 from . import FMNIST_DIR
 from .fashion_mnist import FMNIST_CLASSES, FMNIST_MEAN, FMNIST_STD, load_fashion_mnist
@@ -30,6 +31,18 @@ def holdout_split(images, labels, val_size, seed=0):
     return (images[train], labels[train]), (images[val], labels[val])
 
 
+def train_augmentation(cfg, size):
+    """`TensorBatches` arguments for the training augmentation a config asks for: batched,
+    or with RandAugment (which has no batched form here) the whole torchvision pipeline per
+    image."""
+    if cfg.randaugment:
+        return dict(transform=small_image_transform(size, cfg.crop_padding, cfg.flip,
+                                                    cfg.randaugment, cfg.random_erasing))
+    if cfg.crop_padding or cfg.flip or cfg.random_erasing:
+        return dict(augment=BatchAugment(cfg.crop_padding, cfg.flip, cfg.random_erasing))
+    return {}
+
+
 def make_data(cfg):
     """The train / val / test batches described by a `TrainConfig`."""
     if cfg.dataset == "fashion-mnist":
@@ -49,13 +62,11 @@ def make_data(cfg):
                         f"{cfg.dataset!r}")
     train_set, val_set = holdout_split(*train_set, cfg.val_size, seed=0)
     size = train_set[0].shape[-1]
-    augment = small_image_transform(size, cfg.crop_padding, cfg.flip, cfg.randaugment,
-                                    cfg.random_erasing)
     batches = dict(batch_size=cfg.batch_size)
     eval_batches = dict(batch_size=cfg.eval_batch_size)
     return Data(
-        train=TensorBatches(*train_set, shuffle=True, transform=augment, drop_last=True,
-                            seed=cfg.seed, **batches),
+        train=TensorBatches(*train_set, shuffle=True, drop_last=True, seed=cfg.seed,
+                            **train_augmentation(cfg, size), **batches),
         val=TensorBatches(*val_set, **eval_batches) if cfg.val_size else None,
         test=TensorBatches(*test_set, **eval_batches),
         classes=classes, in_chans=train_set[0].shape[1], image_size=size, mean=mean, std=std)

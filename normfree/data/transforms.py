@@ -4,7 +4,9 @@ from torchvision.transforms import v2
 
 
 def small_image_transform(size, crop_padding, flip, randaugment, random_erasing):
-    """Per-image training augmentation for small greyscale/colour images (uint8 in and out)."""
+    """Per-image training augmentation for small greyscale/colour images (uint8 in and out).
+    In-memory data uses it with RandAugment only: otherwise `BatchAugment` draws the same
+    distribution for a whole batch at once."""
     steps = []
     if crop_padding:
         steps.append(v2.RandomCrop(size, padding=crop_padding))
