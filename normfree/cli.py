@@ -54,6 +54,23 @@ def add_output_flags(parser):
                         help="overwrite the CSV and PNG if the folder has them already")
 
 
+def add_study_flags(parser, steps):
+    """The flags the hypothesis studies share."""
+    parser.add_argument("--model", default="nfnet_s0", help="NF model; its twin is <name>_bn")
+    parser.add_argument("--seeds", type=number_list(int), default=[0, 1, 2],
+                        help="default: %(default)s")
+    parser.add_argument("--steps", type=positive_int, default=steps,
+                        help="optimizer steps of every run (default: %(default)s)")
+    parser.add_argument("--bn-lr", type=float, default=None,
+                        help="the BN twin's learning rate (default: the NF model's, 0.2)")
+    parser.add_argument("--threads", type=int, default=0, help="CPU threads; 0: all cores")
+    parser.add_argument("--data-dir", default=None,
+                        help=f"Fashion-MNIST IDX files; default: {FMNIST_DIR}")
+    add_output_flags(parser)
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the study in --out-dir: runs its CSV holds are skipped")
+
+
 def number_list(kind):
     def parse(text):
         try:
@@ -123,8 +140,9 @@ def build_parser(help_preset=DEFAULT_PRESET):
     p.add_argument("--batch-size", type=positive_int, default=50, help="default: %(default)s")
     p.add_argument("--bad-images", default="skip", choices=["skip", "stop"],
                    help="unreadable images: skip them (counted) or stop")
-    p.add_argument("--split", default="test", choices=["val", "test"],
-                   help="with --checkpoint: which split")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"],
+                   help="with --checkpoint: which split (train: its training images, "
+                        "unaugmented)")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
 
     p = command("predict", help="top-5 classes of images")
@@ -204,6 +222,29 @@ def build_parser(help_preset=DEFAULT_PRESET):
     p.add_argument("--data-dir", default=None,
                    help=f"Fashion-MNIST IDX files; default: {FMNIST_DIR}")
     add_output_flags(p)
+
+    p = command("study-datasize", help="NF model and its BN twin against training-set size, "
+                                       "with and without augmentation (CSV and figure)",
+                description="Class-balanced Fashion-MNIST subsets, the same number of steps "
+                            "for every size, validation and test sets unchanged: test top-1 "
+                            "and train − test gap per cell and seed.")
+    add_study_flags(p, steps=1000)
+    p.add_argument("--per-class", type=number_list(int), default=[100, 400, 1500, 5500],
+                   help="training images per class, 10 classes (default: %(default)s)")
+    p.add_argument("--augmentation", type=number_list(str), default=["on", "off"],
+                   help="on: the fmnist preset's crops, flips and erasing; off: none "
+                        "(default: on,off)")
+
+    p = command("study-transfer", help="pretrain on five Fashion-MNIST classes, fine-tune "
+                                       "on the other five, against training from scratch",
+                description="NF model and BN twin pretrained on classes 0-4 (all their images), "
+                            "then trained on classes 5-9 with few images per class from those "
+                            "weights (classifier replaced) or from scratch, same steps.")
+    add_study_flags(p, steps=300)
+    p.add_argument("--pretrain-steps", type=positive_int, default=1500,
+                   help="default: %(default)s")
+    p.add_argument("--shots", type=number_list(int), default=[10, 100, 1000],
+                   help="images per class for the fine-tuning (default: %(default)s)")
 
     p = command("convert", help="Haiku or timm NF weights → normfree .safetensors")
     p.add_argument("src", help="F0_haiku.npz … F6_haiku.npz, a timm NF weights file (e.g. "

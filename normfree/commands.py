@@ -11,10 +11,12 @@ from dataclasses import replace
 from pathlib import Path
 
 from .analysis.bench import bench, ceiling, format_record, train_peak_memory
+from .analysis.hypothesis import datasize_study, plot_datasize, plot_transfer, transfer_study
 from .analysis.spp import paper_comparison, plot, write_curves_csv
 from .analysis.studies import agc_study, default_base, nf_vs_bn, plot_agc_study, plot_nf_vs_bn
 from .errors import ConfigError, DataError, OutputError
 from .files import check_writable, save_json
+from .nn.variants import BN_TWINS, bn_twin_name
 from .training.config import config_from_args, given_flags
 from .training.distributed import launch
 from .training.loop import train
@@ -124,11 +126,15 @@ def cmd_bench(args):
 
 def study_outputs(args, stem):
     """(CSV, PNG) paths in --out-dir (default: a new runs/<command>-<time>/, created); an
-    existing file is overwritten only with --force."""
+    existing file is overwritten only with --force (or, with --resume, continued)."""
+    if getattr(args, "resume", False) and not args.out_dir:
+        raise ConfigError("--resume continues a study: give its --out-dir")
     out = Path(args.out_dir or RUNS_ROOT / f"{args.command}-{time.strftime('%Y%m%d-%H%M%S')}")
     paths = out / f"{stem}.csv", out / f"{stem}.png"
     existing = [str(p) for p in paths if p.exists()]
-    if existing and not args.force:
+    if getattr(args, "resume", False) and not paths[0].exists():
+        raise ConfigError(f"--resume: {paths[0]} does not exist (nothing to continue)")
+    if existing and not (args.force or getattr(args, "resume", False)):
         raise ConfigError(f"{' and '.join(existing)} exist: pass --force to overwrite, or "
                           "choose another --out-dir")
     try:
@@ -166,6 +172,42 @@ def cmd_study_bn(args):
     rows = nf_vs_bn(base, csv_path)
     plot_nf_vs_bn(rows, png_path, f"Fashion-MNIST, batch {base.batch_size}, lr {base.lr:g}, "
                   f"{args.epochs} epochs, seed {args.seed}")
+    print(f"wrote {csv_path} and {png_path}")
+
+
+def hypothesis_base(args):
+    """The studies' per-run recipe: the fmnist preset without EMA or compiling, validated
+    only after the last step (the studies report test and training accuracy)."""
+    bad = [a for a in getattr(args, "augmentation", []) if a not in ("on", "off")]
+    if bad:
+        raise ConfigError(f"--augmentation takes on and/or off, got {','.join(bad)}")
+    if bn_twin_name(args.model) not in BN_TWINS:
+        raise ConfigError(f"--model {args.model}: no batch-norm twin; models with one: "
+                          f"{', '.join(BN_TWINS.values())}")
+    return replace(default_base(), eval_every=10 ** 6, data_dir=args.data_dir,
+                   threads=args.threads)
+
+
+def cmd_study_datasize(args):
+    base = hypothesis_base(args)  # checked before any folder is made
+    csv_path, png_path = study_outputs(args, "datasize")
+    models = [args.model, bn_twin_name(args.model)]
+    rows = datasize_study(base, models, args.per_class, args.augmentation,
+                          args.seeds, args.steps, csv_path, bn_lr=args.bn_lr)
+    plot_datasize(rows, png_path, f"Fashion-MNIST, {args.steps} steps per run, mean ± std "
+                                  f"over seeds {','.join(map(str, args.seeds))}")
+    print(f"wrote {csv_path} and {png_path}")
+
+
+def cmd_study_transfer(args):
+    base = hypothesis_base(args)
+    csv_path, png_path = study_outputs(args, "transfer")
+    models = [args.model, bn_twin_name(args.model)]
+    rows = transfer_study(base, models, args.shots, args.seeds,
+                          args.pretrain_steps, args.steps, csv_path.parent, csv_path,
+                          bn_lr=args.bn_lr)
+    plot_transfer(rows, png_path, f"Fashion-MNIST classes 5-9 after pretraining on 0-4 "
+                                  f"({args.pretrain_steps} steps), {args.steps} steps")
     print(f"wrote {csv_path} and {png_path}")
 
 

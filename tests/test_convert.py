@@ -6,32 +6,14 @@ import torch
 from normfree import create_model, load_weights
 from normfree.errors import CheckpointError
 
+from helpers import randomised_timm, relative_error
+
 timm = pytest.importorskip("timm")
-
-
-def randomised_timm(name, seed=0):
-    torch.manual_seed(seed)
-    model = timm.create_model(name).eval()
-    with torch.no_grad():
-        for key, p in model.named_parameters():
-            if key.endswith("skipinit_gain"):
-                p.uniform_(0.2, 1.0)  # non-zero, so every residual branch counts
-            elif key.endswith("gain"):
-                p.uniform_(0.5, 1.5)
-            elif key.endswith("bias"):
-                p.normal_(0.0, 0.1)
-            elif key == "head.fc.weight":
-                p.normal_(0.0, 0.05)
-    return model
-
-
-def relative_error(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
 
 
 @pytest.fixture(scope="module")
 def timm_f0():
-    return randomised_timm("dm_nfnet_f0")
+    return randomised_timm(timm, "dm_nfnet_f0")
 
 
 @pytest.mark.parametrize("size", [64, 65])
@@ -45,7 +27,7 @@ def test_f0_timm_numerics_match_timm_logits(timm_f0, size):
 
 
 def test_deeper_variant_matches_timm():
-    reference = randomised_timm("dm_nfnet_f1", seed=1)
+    reference = randomised_timm(timm, "dm_nfnet_f1", seed=1)
     model = load_weights(create_model("nfnet_f1", numerics="timm"), reference.state_dict()).eval()
     x = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():

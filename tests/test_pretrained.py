@@ -18,9 +18,7 @@ from normfree.nn.ws_conv import WSConv2d
 from normfree.weights.pretrained import (imagenet_classes, load_pretrained, predict,
                                          reference_preprocessing)
 
-
-def relative_error(a, b):
-    return ((a - b).abs().max() / b.abs().max()).item()
+from helpers import relative_error
 
 
 def randomise_skip_gains(model, seed=0):

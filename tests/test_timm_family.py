@@ -15,6 +15,8 @@ from normfree.nn.counts import count
 from normfree.nn.variants import VARIANTS
 from normfree.nn.zoo import count_params
 
+from helpers import randomised_timm, relative_error
+
 timm = pytest.importorskip("timm")
 
 # normfree name → (timm name, parameters with 1000 classes as timm counts them)
@@ -44,19 +46,6 @@ def test_paper_nf_resnet50_has_a_skip_gain_per_block_more_than_timms():
     assert count(VARIANTS["nf_resnet50"])[0] == 25_557_048 == 25_557_032 + 16
 
 
-def randomised_timm_model(timm_name, seed=0):
-    """timm's model with every gain, bias and skip gain drawn at random (non-zero)."""
-    torch.manual_seed(seed)
-    model = timm.create_model(timm_name).eval()
-    with torch.no_grad():
-        for key, p in model.named_parameters():
-            if key.endswith("gain"):
-                p.uniform_(0.5, 1.5)
-            elif key.endswith("bias"):
-                p.normal_(0.0, 0.1)
-    return model
-
-
 def save_bare(model, path):
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     if path.suffix == ".safetensors":
@@ -66,13 +55,9 @@ def save_bare(model, path):
     return path
 
 
-def relative_error(ours, theirs):
-    return ((ours - theirs).abs().max() / theirs.abs().max()).item()
-
-
 @pytest.mark.parametrize("name", TIMM_MODELS)
 def test_bare_timm_file_loads_as_the_inferred_variant_with_timms_logits(name, tmp_path):
-    timm_model = randomised_timm_model(TIMM_MODELS[name][0])
+    timm_model = randomised_timm(timm, TIMM_MODELS[name][0])
     suffix = ".pth" if name == "timm_nf_regnet_b1" else ".safetensors"  # both kinds of file
     pretrained = load_pretrained(save_bare(timm_model, tmp_path / f"model{suffix}"), device="cpu")
     assert pretrained.name == name and pretrained.source_format == "timm"
@@ -88,7 +73,7 @@ def test_bare_timm_file_loads_as_the_inferred_variant_with_timms_logits(name, tm
 
 
 def test_timm_weights_carry_timms_preprocessing(tmp_path):
-    path = save_bare(randomised_timm_model("eca_nfnet_l0"), tmp_path / "model.safetensors")
+    path = save_bare(randomised_timm(timm, "eca_nfnet_l0"), tmp_path / "model.safetensors")
     pre = load_pretrained(path, device="cpu").preprocessing
     assert (pre["crop"], pre["resize"], pre["resize_mode"]) == (288, 288, "shorter")
     assert pre["mean"] == pytest.approx([0.485, 0.456, 0.406])
@@ -108,7 +93,7 @@ def test_timm_weights_carry_timms_preprocessing(tmp_path):
 
 
 def test_dm_nfnet_from_timm_keeps_timms_squash_preprocessing(tmp_path):
-    path = save_bare(randomised_timm_model("dm_nfnet_f0"), tmp_path / "model.safetensors")
+    path = save_bare(randomised_timm(timm, "dm_nfnet_f0"), tmp_path / "model.safetensors")
     pretrained = load_pretrained(path, device="cpu")
     assert (pretrained.name, pretrained.numerics) == ("nfnet_f0", "timm")
     pre = pretrained.preprocessing

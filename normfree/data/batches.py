@@ -99,3 +99,4 @@ class Data:
     image_size: int
     mean: tuple
     std: tuple
+    train_eval: object = None  # the training images unaugmented, in order (train accuracy)

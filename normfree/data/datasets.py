@@ -31,6 +31,43 @@ def holdout_split(images, labels, val_size, seed=0):
     return (images[train], labels[train]), (images[val], labels[val])
 
 
+def select_classes(images, labels, classes):
+    """The examples of `classes` (indices), relabelled 0, 1, ... in that order."""
+    relabel = torch.full((int(labels.max()) + 1,), -1, dtype=labels.dtype)
+    relabel[list(classes)] = torch.arange(len(classes), dtype=labels.dtype)
+    keep = relabel[labels] >= 0
+    return images[keep], relabel[labels[keep]]
+
+
+def balanced_subset(images, labels, per_class, seed):
+    """`per_class` examples of every class, drawn at random with `seed`, in a shuffled order."""
+    g = torch.Generator().manual_seed(seed)
+    picked = []
+    for c in labels.unique().tolist():
+        members = (labels == c).nonzero().flatten()
+        if len(members) < per_class:
+            raise DataError(f"--train-per-class {per_class}: class {c} has only "
+                            f"{len(members)} training images")
+        picked.append(members[torch.randperm(len(members), generator=g)[:per_class]])
+    index = torch.cat(picked)
+    index = index[torch.randperm(len(index), generator=g)]
+    return images[index], labels[index]
+
+
+def restrict(cfg, train_set, val_set, test_set, classes):
+    """Apply --classes (all splits) and --train-per-class (the training split)."""
+    if cfg.classes:
+        if max(cfg.classes) >= len(classes):
+            raise DataError(f"--classes {','.join(map(str, cfg.classes))}: the dataset has "
+                            f"classes 0-{len(classes) - 1}")
+        train_set, test_set = (select_classes(*s, cfg.classes) for s in (train_set, test_set))
+        val_set = select_classes(*val_set, cfg.classes) if len(val_set[1]) else val_set
+        classes = tuple(classes[c] for c in cfg.classes)
+    if cfg.train_per_class:
+        train_set = balanced_subset(*train_set, cfg.train_per_class, cfg.seed)
+    return train_set, val_set, test_set, classes
+
+
 def train_augmentation(cfg, size):
     """`TensorBatches` arguments for the training augmentation a config asks for: batched,
     or with RandAugment (which has no batched form here) the whole torchvision pipeline per
@@ -60,7 +97,10 @@ def make_data(cfg):
     else:
         raise DataError(f"dataset must be 'fashion-mnist', 'synthetic' or 'folder', got "
                         f"{cfg.dataset!r}")
+    # the held-out set is drawn from all the training images, so that it is the same whatever
+    # --classes and --train-per-class take from the rest
     train_set, val_set = holdout_split(*train_set, cfg.val_size, seed=0)
+    train_set, val_set, test_set, classes = restrict(cfg, train_set, val_set, test_set, classes)
     size = train_set[0].shape[-1]
     batches = dict(batch_size=cfg.batch_size)
     eval_batches = dict(batch_size=cfg.eval_batch_size)
@@ -69,4 +109,5 @@ def make_data(cfg):
                             **train_augmentation(cfg, size), **batches),
         val=TensorBatches(*val_set, **eval_batches) if cfg.val_size else None,
         test=TensorBatches(*test_set, **eval_batches),
-        classes=classes, in_chans=train_set[0].shape[1], image_size=size, mean=mean, std=std)
+        classes=classes, in_chans=train_set[0].shape[1], image_size=size, mean=mean, std=std,
+        train_eval=TensorBatches(*train_set, **eval_batches))

@@ -42,6 +42,11 @@ class TrainConfig:
                                       "size")
     in_chans: int = _flag(3, "channels of synthetic images")
     synthetic_size: int = _flag(2048, "images in the synthetic training set")
+    classes: Optional[tuple] = _flag(None, "Fashion-MNIST / synthetic: train and evaluate on "
+                                     "these class indices only (e.g. 0,1,2,3,4), relabelled "
+                                     "0, 1, ... in this order; none: all")
+    train_per_class: Optional[int] = _flag(None, "a class-balanced training subset of this many "
+                                           "images per class (drawn with --seed); none: all")
     bad_images: str = _flag("skip", "unreadable files in a folder: skip | stop")
     # augmentation
     crop_padding: int = _flag(2, "random crop after zero-padding by this many pixels")
@@ -111,7 +116,8 @@ class TrainConfig:
 # Values no run can use, refused when a config is made: field → (check, the rule in words).
 _RULES = {
     **dict.fromkeys(("epochs", "steps", "batch_size", "eval_batch_size", "eval_every", "in_chans",
-                     "image_size", "synthetic_size"), (lambda v: v >= 1, "at least 1")),
+                     "image_size", "synthetic_size", "train_per_class"),
+                    (lambda v: v >= 1, "at least 1")),
     **dict.fromkeys(("val_size", "crop_padding", "mixup_alpha", "cutmix_alpha", "weight_decay",
                      "warmup_epochs", "clip_factor", "agc_eps", "threads", "checkpoint_every",
                      "workers"),
@@ -121,6 +127,8 @@ _RULES = {
     "random_erasing": (lambda v: 0 <= v <= 1, "a probability in [0, 1]"),
     "randaugment": (lambda v: len(v) == 2 and min(v) >= 0,
                     "LAYERS,MAGNITUDE (two whole numbers, e.g. 2,9)"),
+    "classes": (lambda v: len(v) >= 2 and len(set(v)) == len(v) and min(v) >= 0,
+                "two or more distinct class indices, e.g. 0,1,2,3,4"),
     "lr": (lambda v: v > 0, "positive"),
 }
 

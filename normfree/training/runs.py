@@ -125,6 +125,9 @@ def evaluate_checkpoint(path, data_dir=None, split="test", device=None):
     check_layout(model, state.get("layout"), path)
     model.load_state_dict(state["ema"] if weights == "ema" else state["model"])
     model.to(device, memory_format=memory_format(cfg))
-    result = evaluate_as_configured(cfg, model, getattr(data, split),
+    batches = data.train_eval if split == "train" else getattr(data, split)
+    if batches is None:
+        raise ConfigError(f"the run has no {split} split to evaluate")
+    result = evaluate_as_configured(cfg, model, batches,
                                     Normalize(data.mean, data.std).to(device), f"{split} images")
     return {**result, "weights": weights, "split": split, "checkpoint": str(path)}

@@ -1,0 +1,178 @@
+"""The NFNet paper's closing hypothesis as experiments on Fashion-MNIST: without batch norm's
+implicit regularisation NF nets overfit small data (`datasize_study`), and so gain at least as
+much as BN nets from pretraining (`transfer_study`). Each compares an NF model with its BN twin
+(trained without AGC) over seeds, writes one CSV row per run as it finishes, and skips the runs a
+CSV already holds, so an interrupted study continues where it stopped.
+"""
+
+import statistics
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+from ..files import read_csv, write_csv
+from ..figures import pyplot, save_figure
+from ..nn.variants import BN_TWINS
+from ..training.loop import train
+from ..training.runs import evaluate_checkpoint
+
+NO_AUGMENTATION = dict(crop_padding=0, flip=False, random_erasing=0.0, randaugment=None)
+DATASIZE_FIELDS = ["model", "augmentation", "train_images", "seed", "steps", "epochs",
+                   "train_top1", "test_top1", "gap", "seconds"]
+TRANSFER_FIELDS = ["model", "init", "shots", "seed", "steps", "train_top1", "test_top1",
+                   "seconds"]
+
+
+def recipe_for(base, model, augmentation, bn_lr=None):
+    """`base` for `model`: BN twins train without AGC (and at `bn_lr` if given); "off" takes
+    the explicit regularisers (crops, flips, erasing) away."""
+    cfg = replace(base, model=model)
+    if model in BN_TWINS:
+        cfg = replace(cfg, clip_factor=0.0, lr=bn_lr or base.lr)
+    return replace(cfg, **NO_AUGMENTATION) if augmentation == "off" else cfg
+
+
+def run_and_measure(cfg):
+    """Train `cfg`; its test top-1, its top-1 on its own (unaugmented) training images, the
+    epochs and seconds it took."""
+    result = train(cfg)
+    on_train = evaluate_checkpoint(cfg.out_dir, split="train")
+    return {"train_top1": round(on_train["top1"], 3), "test_top1": round(result["test_top1"], 3),
+            "epochs": result.get("epochs"), "seconds": round(result["train_seconds"], 1)}
+
+
+def _typed(text):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return None if text in ("", "None") else text
+
+
+def _done(out_csv, key_fields):
+    """The rows a study's CSV holds already (values typed back), and their keys."""
+    rows = ([{k: _typed(v) for k, v in row.items()} for row in read_csv(out_csv, numbers=False)]
+            if Path(out_csv).exists() else [])
+    return rows, {tuple(r[k] for k in key_fields) for r in rows}
+
+
+def datasize_study(base, models, per_class_sizes, augmentations, seeds, steps, out_csv,
+                   bn_lr=None, progress=print):
+    """Every model × augmentation ("on"/"off") × training images per class × seed, each run
+    `steps` optimizer steps on a class-balanced subset (validation and test sets unchanged).
+    Returns all rows of `out_csv`."""
+    keys = ["model", "augmentation", "train_images", "seed"]
+    rows, done = _done(out_csv, keys)
+    num_classes = len(base.classes) if base.classes else 10
+    with tempfile.TemporaryDirectory() as scratch:
+        for seed in seeds:
+            for per_class in per_class_sizes:
+                for model in models:
+                    for augmentation in augmentations:
+                        key = (model, augmentation, per_class * num_classes, seed)
+                        if key in done:
+                            continue
+                        cfg = replace(recipe_for(base, model, augmentation, bn_lr), seed=seed,
+                                      train_per_class=per_class, steps=steps, progress=False,
+                                      out_dir=str(Path(scratch) / "-".join(map(str, key))))
+                        row = dict(zip(keys, key), steps=steps, **run_and_measure(cfg))
+                        row["gap"] = round(row["train_top1"] - row["test_top1"], 3)
+                        rows.append(row)
+                        write_csv(out_csv, DATASIZE_FIELDS, rows)
+                        progress(f"{model:<12} augmentation {augmentation:<3}  "
+                                 f"{key[2]:>6} images  seed {seed}: test {row['test_top1']:.2f}%"
+                                 f", train − test {row['gap']:+.2f}")
+    return rows
+
+
+def transfer_study(base, models, shots, seeds, pretrain_steps, finetune_steps, out_dir,
+                   out_csv, pretrain_classes=(0, 1, 2, 3, 4), target_classes=(5, 6, 7, 8, 9),
+                   bn_lr=None, progress=print):
+    """Pretrain each model on all training images of `pretrain_classes`; fine-tune on
+    `target_classes` with `shots` images per class from those weights ("pretrained", the
+    classifier replaced) and from scratch ("scratch"), for the same number of steps. The
+    pretrained runs stay in `out_dir`/pretrain/ so that a resumed study reuses them."""
+    keys = ["model", "init", "shots", "seed"]
+    rows, done = _done(out_csv, keys)
+    with tempfile.TemporaryDirectory() as scratch:
+        for seed in seeds:
+            for model in models:
+                weights = _pretrained(base, model, seed, pretrain_classes, pretrain_steps,
+                                      Path(out_dir) / "pretrain", bn_lr, progress)
+                for count in shots:
+                    for init in ("pretrained", "scratch"):
+                        key = (model, init, count, seed)
+                        if key in done:
+                            continue
+                        cfg = replace(recipe_for(base, model, "on", bn_lr), seed=seed,
+                                      classes=target_classes, train_per_class=count,
+                                      steps=finetune_steps, progress=False,
+                                      init_from=str(weights) if init == "pretrained" else None,
+                                      out_dir=str(Path(scratch) / "-".join(map(str, key))))
+                        measured = run_and_measure(cfg)
+                        rows.append(dict(zip(keys, key), steps=finetune_steps,
+                                         **{k: measured[k] for k in TRANSFER_FIELDS
+                                            if k in measured}))
+                        write_csv(out_csv, TRANSFER_FIELDS, rows)
+                        progress(f"{model:<12} {init:<10} {count:>5} a class  seed {seed}: "
+                                 f"test {measured['test_top1']:.2f}%")
+    return rows
+
+
+def _pretrained(base, model, seed, classes, steps, folder, bn_lr, progress):
+    """The weights of `model` pretrained on `classes`, trained now unless a finished run is
+    there already."""
+    out = folder / f"{model}-s{seed}"
+    weights = out / "model.safetensors"
+    if not (out / "results.json").exists():
+        cfg = replace(recipe_for(base, model, "on", bn_lr), seed=seed, classes=classes,
+                      steps=steps, progress=False, out_dir=str(out))
+        result = train(replace(cfg, resume=(out / "checkpoint.pt").exists()))
+        progress(f"{model:<12} pretrained on classes {classes}, seed {seed}: test "
+                 f"{result['test_top1']:.2f}%")
+    return weights
+
+
+def summarise(rows, group_fields, value):
+    """{group: (mean, std over seeds, n)} of `value` per combination of `group_fields`."""
+    groups = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in group_fields), []).append(row[value])
+    return {k: (statistics.mean(v), statistics.stdev(v) if len(v) > 1 else 0.0, len(v))
+            for k, v in groups.items()}
+
+
+def plot_datasize(rows, path, title):
+    """Test top-1 and train − test gap against training images, mean ± std over seeds."""
+    fig, (acc, gap) = pyplot().subplots(1, 2, figsize=(10, 3.8))
+    for value, ax in (("test_top1", acc), ("gap", gap)):
+        stats = summarise(rows, ["model", "augmentation", "train_images"], value)
+        for model, augmentation in dict.fromkeys(k[:2] for k in stats):
+            sizes = sorted(k[2] for k in stats if k[:2] == (model, augmentation))
+            points = [stats[(model, augmentation, s)] for s in sizes]
+            ax.errorbar(sizes, [p[0] for p in points], yerr=[p[1] for p in points], marker="o",
+                        capsize=3, label=f"{model}, augmentation {augmentation}")
+        ax.set(xscale="log", xlabel="training images")
+        ax.grid(alpha=0.3)
+    acc.set_ylabel("test top-1 (%)")
+    gap.set_ylabel("train − test top-1 (points)")
+    acc.legend(fontsize=8)
+    fig.suptitle(title)
+    save_figure(fig, path, bbox_inches="tight")
+
+
+def plot_transfer(rows, path, title):
+    """Test top-1 against images per class, pretrained and from scratch, mean ± std."""
+    fig, ax = pyplot().subplots(figsize=(6, 4))
+    stats = summarise(rows, ["model", "init", "shots"], "test_top1")
+    for model, init in dict.fromkeys(k[:2] for k in stats):
+        shots = sorted(k[2] for k in stats if k[:2] == (model, init))
+        ax.errorbar(shots, [stats[(model, init, s)][0] for s in shots],
+                    yerr=[stats[(model, init, s)][1] for s in shots], marker="o", capsize=3,
+                    linestyle="-" if init == "pretrained" else "--", label=f"{model}, {init}")
+    ax.set(xscale="log", xlabel="training images per class", ylabel="test top-1 (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(title)
+    save_figure(fig, path, bbox_inches="tight")
