@@ -71,6 +71,12 @@ def add_study_flags(parser, steps):
                         help="continue the study in --out-dir: runs its CSV holds are skipped")
 
 
+def add_augmentation_flag(parser, default):
+    parser.add_argument("--augmentation", type=number_list(str), default=default,
+                        help="on: the fmnist preset's crops, flips and erasing; off: none "
+                             f"(default: {','.join(default)})")
+
+
 def number_list(kind):
     def parse(text):
         try:
@@ -218,10 +224,16 @@ def build_parser(help_preset=DEFAULT_PRESET):
     p.add_argument("--epochs", type=positive_int, default=5, help="default: %(default)s")
     p.add_argument("--batch-size", type=positive_int, default=128,
                    help="the learning rate scales linearly from the preset's (0.2 at 128)")
-    p.add_argument("--seed", type=int, default=0, help="default: %(default)s")
+    p.add_argument("--seeds", "--seed", type=number_list(int), default=[0],
+                   help="one run of each model per seed (default: %(default)s)")
+    add_augmentation_flag(p, default=["on"])
+    p.add_argument("--bn-lr", type=float, default=None,
+                   help="the BN twin's learning rate (default: the NF model's)")
     p.add_argument("--data-dir", default=None,
                    help=f"Fashion-MNIST IDX files; default: {FMNIST_DIR}")
     add_output_flags(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue the study in --out-dir: runs its CSV holds are skipped")
 
     p = command("study-datasize", help="NF model and its BN twin against training-set size, "
                                        "with and without augmentation (CSV and figure)",
@@ -231,9 +243,7 @@ def build_parser(help_preset=DEFAULT_PRESET):
     add_study_flags(p, steps=1000)
     p.add_argument("--per-class", type=number_list(int), default=[100, 400, 1500, 5500],
                    help="training images per class, 10 classes (default: %(default)s)")
-    p.add_argument("--augmentation", type=number_list(str), default=["on", "off"],
-                   help="on: the fmnist preset's crops, flips and erasing; off: none "
-                        "(default: on,off)")
+    add_augmentation_flag(p, default=["on", "off"])
 
     p = command("study-transfer", help="pretrain on five Fashion-MNIST classes, fine-tune "
                                        "on the other five, against training from scratch",

@@ -164,26 +164,32 @@ def cmd_study_agc(args):
 
 
 def cmd_study_bn(args):
+    check_study_flags(args)
     base = default_base(args.epochs)
     csv_path, png_path = study_outputs(
         args, "nf_vs_bn" + ("" if args.batch_size == base.batch_size else f"_b{args.batch_size}"))
-    base = replace(base, model=args.model, seed=args.seed, data_dir=args.data_dir,
-                   batch_size=args.batch_size, lr=base.lr * args.batch_size / base.batch_size)
-    rows = nf_vs_bn(base, csv_path)
+    base = replace(base, model=args.model, data_dir=args.data_dir, batch_size=args.batch_size,
+                   lr=base.lr * args.batch_size / base.batch_size)
+    rows = nf_vs_bn(base, csv_path, args.seeds, args.augmentation, args.bn_lr)
     plot_nf_vs_bn(rows, png_path, f"Fashion-MNIST, batch {base.batch_size}, lr {base.lr:g}, "
-                  f"{args.epochs} epochs, seed {args.seed}")
+                  f"{args.epochs} epochs")
     print(f"wrote {csv_path} and {png_path}")
 
 
-def hypothesis_base(args):
-    """The studies' per-run recipe: the fmnist preset without EMA or compiling, validated
-    only after the last step (the studies report test and training accuracy)."""
+def check_study_flags(args):
+    """Refuse what an NF-against-BN study cannot run, before it makes any folder."""
     bad = [a for a in getattr(args, "augmentation", []) if a not in ("on", "off")]
     if bad:
         raise ConfigError(f"--augmentation takes on and/or off, got {','.join(bad)}")
     if bn_twin_name(args.model) not in BN_TWINS:
         raise ConfigError(f"--model {args.model}: no batch-norm twin; models with one: "
                           f"{', '.join(BN_TWINS.values())}")
+
+
+def hypothesis_base(args):
+    """The studies' per-run recipe: the fmnist preset without EMA or compiling, validated
+    only after the last step (the studies report test and training accuracy)."""
+    check_study_flags(args)
     return replace(default_base(), eval_every=10 ** 6, data_dir=args.data_dir,
                    threads=args.threads)
 

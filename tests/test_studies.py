@@ -3,6 +3,8 @@
 import csv
 from dataclasses import replace
 
+import pytest
+
 from normfree.training.config import preset
 from normfree.analysis.studies import agc_study, nf_vs_bn, plot_agc_study, plot_nf_vs_bn
 
@@ -24,15 +26,23 @@ def test_agc_study_grid_records_divergence_and_accuracy(tmp_path):
 
 def test_nf_vs_bn_trains_both_and_times_their_steps(tmp_path):
     base = replace(preset("debug"), epochs=2, ema_decay=0.0)
-    rows = nf_vs_bn(base, tmp_path / "bn.csv", progress=lambda line: None)
-    assert [(r["model"], r["epoch"]) for r in rows] == [
-        ("nfnet_tiny", 1), ("nfnet_tiny", 2), ("nfnet_tiny_bn", 1), ("nfnet_tiny_bn", 2)]
-    for model in ("nfnet_tiny", "nfnet_tiny_bn"):
-        mine = [r for r in rows if r["model"] == model]
-        assert 0 < mine[0]["seconds"] < mine[1]["seconds"]  # cumulative training time
-        assert mine[0]["test_top1"] is None and 0 <= mine[1]["test_top1"] <= 100
-        assert mine[0]["step_ms"] > 0
+    rows = nf_vs_bn(base, tmp_path / "bn.csv", seeds=[0], augmentations=["on", "off"],
+                    progress=lambda line: None)
+    runs = [(m, a) for a in ("on", "off") for m in ("nfnet_tiny", "nfnet_tiny_bn")]
+    assert [(r["model"], r["augmentation"], r["epoch"]) for r in rows] == [
+        (m, a, e) for m, a in runs for e in (1, 2)]
+    for model, augmentation in runs:
+        first, last = [r for r in rows if (r["model"], r["augmentation"]) == (model, augmentation)]
+        assert 0 < first["seconds"] < last["seconds"]  # cumulative training time
+        assert first["test_top1"] is None and 0 <= last["test_top1"] <= 100
+        assert 0 <= last["train_top1"] <= 100
+        assert last["gap"] == pytest.approx(last["train_top1"] - last["test_top1"], abs=1e-3)
+        assert last["step_ms"] > 0 and last["peak_rss_mb"] > 100
     with open(tmp_path / "bn.csv", newline="") as f:
-        assert len(list(csv.DictReader(f))) == 4
+        assert len(list(csv.DictReader(f))) == 8
+    again = []
+    nf_vs_bn(base, tmp_path / "bn.csv", seeds=[0], augmentations=["on", "off"],
+             progress=again.append)
+    assert again == []  # every run is in the CSV already
     plot_nf_vs_bn(rows, tmp_path / "bn.png", "test")
     assert (tmp_path / "bn.png").stat().st_size > 10_000

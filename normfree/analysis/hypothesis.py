@@ -50,10 +50,15 @@ def _typed(text):
     return None if text in ("", "None") else text
 
 
+def read_study_rows(out_csv):
+    """The rows a study's CSV holds already, values typed back ([] if there is none)."""
+    if not Path(out_csv).exists():
+        return []
+    return [{k: _typed(v) for k, v in row.items()} for row in read_csv(out_csv, numbers=False)]
+
+
 def _done(out_csv, key_fields):
-    """The rows a study's CSV holds already (values typed back), and their keys."""
-    rows = ([{k: _typed(v) for k, v in row.items()} for row in read_csv(out_csv, numbers=False)]
-            if Path(out_csv).exists() else [])
+    rows = read_study_rows(out_csv)
     return rows, {tuple(r[k] for k in key_fields) for r in rows}
 
 

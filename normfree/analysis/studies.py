@@ -3,8 +3,9 @@
 - `agc_study`: short runs over a grid of batch sizes, learning rates and clip factors (0 = no
   AGC); each cell records whether training diverged and the validation accuracy it reached.
 - `nf_vs_bn`: an NF model against its batch-norm twin with the same recipe (the twin without
-  AGC): validation accuracy per epoch and per second of training, test accuracy, and the
-  train-step time of each measured back to back.
+  AGC), with and without augmentation, over seeds: validation accuracy per epoch and per second
+  of training, test accuracy and train − test gap, the train-step time of each measured back to
+  back, and peak training memory.
 """
 
 import tempfile
@@ -24,7 +25,8 @@ from ..runtime import bf16_available, default_device
 from ..training.config import preset
 from ..training.logs import read_metrics
 from ..training.loop import train
-from .bench import make_train_step, time_calls
+from .bench import make_train_step, time_calls, train_peak_memory
+from .hypothesis import read_study_rows, recipe_for, run_and_measure
 
 FIELDS = ["batch_size", "lr", "clip_factor", "val_top1", "diverged_at_step", "seconds"]
 
@@ -93,33 +95,52 @@ def default_base(epochs=2):
     return preset("fmnist", epochs=epochs, ema_decay=0.0, compile=False, tta_flip=False)
 
 
-BN_FIELDS = ["model", "batch_size", "epoch", "seconds", "val_top1", "test_top1",
-             "step_ms"]
+BN_FIELDS = ["model", "augmentation", "seed", "batch_size", "epoch", "seconds", "val_top1",
+             "test_top1", "train_top1", "gap", "step_ms", "peak_rss_mb"]
 
 
-def nf_vs_bn(base, out_csv, progress=print):
-    """Train `base.model` and its BN twin with `base`'s recipe (the twin with `clip_factor=0`:
-    AGC is the NF model's replacement for what BN does). Rows: one per model and epoch, with
-    the cumulative training seconds; the last row of each model carries its test accuracy.
-    Returns the rows written."""
-    clip_factors = {base.model: base.clip_factor, bn_twin_name(base.model): 0.0}
+def nf_vs_bn(base, out_csv, seeds=None, augmentations=("on",), bn_lr=None, progress=print):
+    """Train `base.model` and its BN twin with `base`'s recipe (the twin without AGC, at
+    `bn_lr` if given), with and/or without augmentation, once per seed. Rows: one per run and
+    epoch with the cumulative training seconds; the last row of each run carries its test and
+    training-set accuracy, their gap, and each model's train-step time and peak training memory
+    (measured once per model). Runs already in `out_csv` are skipped. Returns all rows."""
+    names = [base.model, bn_twin_name(base.model)]
+    clip_factors = {name: recipe_for(base, name, "on").clip_factor for name in names}
     step_ms = _step_times(base, clip_factors)
-    rows = []
+    size = base.image_size or create_model(base.model).cfg.train_size
+    memory = {name: train_peak_memory(name, size, base.batch_size)["peak_rss_mb"]
+              for name in names}
+    rows = read_study_rows(out_csv)
+    done = {(r["model"], r["augmentation"], r["seed"]) for r in rows if r["test_top1"] is not None}
     with tempfile.TemporaryDirectory() as scratch:
-        for name, clip_factor in clip_factors.items():
-            cfg = replace(base, model=name, clip_factor=clip_factor, progress=False,
-                          out_dir=str(Path(scratch) / name))
-            result = train(cfg)
-            seconds = 0.0
-            for m in read_metrics(Path(cfg.out_dir) / "metrics.csv"):
-                seconds += m["epoch_seconds"]
-                rows.append({"model": name, "batch_size": cfg.batch_size, "epoch": int(m["epoch"]),
-                             "seconds": round(seconds, 3), "val_top1": m["val_acc"],
-                             "test_top1": None, "step_ms": step_ms[name]})
-            rows[-1]["test_top1"] = result["test_top1"]
-            progress(f"{name}: test {result['test_top1']:.2f}% after {cfg.epochs} epochs, "
-                     f"{seconds:.0f} s, {step_ms[name]:.1f} ms a step")
-            write_csv(out_csv, BN_FIELDS, rows)
+        for seed in seeds or [base.seed]:
+            for augmentation in augmentations:
+                for name in names:
+                    if (name, augmentation, seed) in done:
+                        continue
+                    cfg = replace(recipe_for(base, name, augmentation, bn_lr), seed=seed,
+                                  progress=False, out_dir=str(Path(scratch) / f"{name}-{seed}"
+                                                              f"-{augmentation}"))
+                    measured = run_and_measure(cfg)
+                    seconds, run_rows = 0.0, []
+                    for m in read_metrics(Path(cfg.out_dir) / "metrics.csv"):
+                        seconds += m["epoch_seconds"]
+                        run_rows.append({**dict.fromkeys(BN_FIELDS), "model": name,
+                                         "augmentation": augmentation, "seed": seed,
+                                         "batch_size": cfg.batch_size, "epoch": int(m["epoch"]),
+                                         "seconds": round(seconds, 3), "val_top1": m["val_acc"]})
+                    run_rows[-1].update(
+                        test_top1=measured["test_top1"], train_top1=measured["train_top1"],
+                        gap=round(measured["train_top1"] - measured["test_top1"], 3),
+                        step_ms=step_ms[name], peak_rss_mb=memory[name])
+                    rows += run_rows
+                    progress(f"{name}, augmentation {augmentation}, seed {seed}: test "
+                             f"{measured['test_top1']:.2f}%, train − test "
+                             f"{run_rows[-1]['gap']:+.2f} after {cfg.epochs} epochs, "
+                             f"{seconds:.0f} s, {step_ms[name]:.1f} ms a step, "
+                             f"{memory[name]} MB peak")
+                    write_csv(out_csv, BN_FIELDS, rows)
     return rows
 
 
@@ -144,19 +165,26 @@ def _step_times(cfg, clip_factors, repeats=20):
 
 
 def plot_nf_vs_bn(rows, path, title):
-    """Validation accuracy against epoch and against training seconds, one line per model."""
+    """Validation accuracy against epoch and against training seconds, one line per run
+    (colour: model; dashed: without augmentation)."""
     fig, (by_epoch, by_time) = pyplot().subplots(1, 2, figsize=(10, 3.8))
-    for name in dict.fromkeys(r["model"] for r in rows):
-        mine = [r for r in rows if r["model"] == name]
-        label = f"{name} (test {mine[-1]['test_top1']:.2f}%, {mine[0]['step_ms']:.0f} ms/step)"
-        by_epoch.plot([r["epoch"] for r in mine], [r["val_top1"] for r in mine], "o-",
-                      label=label)
-        by_time.plot([r["seconds"] for r in mine], [r["val_top1"] for r in mine], "o-",
-                     label=label)
+    colours = {}
+    for run in dict.fromkeys((r["model"], r["augmentation"], r["seed"]) for r in rows):
+        mine = [r for r in rows if (r["model"], r["augmentation"], r["seed"]) == run]
+        last = mine[-1]
+        style = dict(marker="o", linestyle="-" if run[1] == "on" else "--",
+                     color=colours.setdefault(run[0], f"C{len(colours)}"),
+                     label=f"{run[0]}, augmentation {run[1]}, seed {run[2]} (test "
+                           f"{last['test_top1']:.2f}%, {last['step_ms']:.0f} ms/step)")
+        validated = [r for r in mine if r["val_top1"] is not None]
+        by_epoch.plot([r["epoch"] for r in validated], [r["val_top1"] for r in validated],
+                      **style)
+        by_time.plot([r["seconds"] for r in validated], [r["val_top1"] for r in validated],
+                     **style)
     by_epoch.set(xlabel="epoch", ylabel="validation top-1 (%)")
     by_time.set(xlabel="training seconds (2 CPU cores)", ylabel="validation top-1 (%)")
     for ax in (by_epoch, by_time):
         ax.grid(alpha=0.3)
-    by_epoch.legend(fontsize=8)
+    by_epoch.legend(fontsize=7)
     fig.suptitle(title)
     save_figure(fig, path, bbox_inches="tight")
