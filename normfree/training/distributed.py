@@ -7,6 +7,7 @@ torchrun's launcher). Multi-node: `torchrun --nnodes M --nproc-per-node N
 """
 
 import os
+import signal
 from dataclasses import dataclass
 
 import torch
@@ -87,12 +88,21 @@ def gather(procs, value):
 
 def launch(nproc, argv):
     """Run `normfree <argv>` in `nproc` local processes with torchrun; returns its exit code."""
-    from torch.distributed.run import get_args_parser, run  # slow to import: only here
+    # slow to import: only here
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
     args = get_args_parser().parse_args(
         ["--standalone", f"--nproc-per-node={nproc}", "-m", "normfree", *argv])
     try:
         run(args)
-    except Exception as e:  # torchrun raises ChildFailedError with the failing rank's error
+    except SignalException as e:  # the launcher was signalled and has stopped its processes
+        print(f"normfree: stopped by {e.sigval.name}", flush=True)
+        return 128 + e.sigval
+    except ChildFailedError as e:
+        codes = {failure.exitcode for failure in e.failures.values()}
+        if codes == {128 + signal.SIGTERM}:  # stopped by a signal, each after checkpointing
+            return 128 + signal.SIGTERM
         print(f"normfree: a training process failed: {e}", flush=True)
         return 1
     return 0
