@@ -11,7 +11,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from .analysis.bench import bench, ceiling, format_record, train_peak_memory
-from .analysis.hypothesis import datasize_study, plot_datasize, plot_transfer, transfer_study
+from .analysis.hypothesis import (datasize_study, plot_datasize, plot_transfer, summary_table,
+                                  transfer_study)
 from .analysis.spp import paper_comparison, plot, write_curves_csv
 from .analysis.studies import agc_study, default_base, nf_vs_bn, plot_agc_study, plot_nf_vs_bn
 from .errors import ConfigError, DataError, OutputError
@@ -202,6 +203,7 @@ def cmd_study_datasize(args):
                           args.seeds, args.steps, csv_path, bn_lr=args.bn_lr)
     plot_datasize(rows, png_path, f"Fashion-MNIST, {args.steps} steps per run, mean ± std "
                                   f"over seeds {','.join(map(str, args.seeds))}")
+    print(summary_table(rows, ["model", "augmentation", "train_images"], ["test_top1", "gap"]))
     print(f"wrote {csv_path} and {png_path}")
 
 
@@ -214,6 +216,7 @@ def cmd_study_transfer(args):
                           bn_lr=args.bn_lr)
     plot_transfer(rows, png_path, f"Fashion-MNIST classes 5-9 after pretraining on 0-4 "
                                   f"({args.pretrain_steps} steps), {args.steps} steps")
+    print(summary_table(rows, ["model", "shots", "init"], ["test_top1"]))
     print(f"wrote {csv_path} and {png_path}")
 
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from normfree.analysis.hypothesis import (DATASIZE_FIELDS, TRANSFER_FIELDS, datasize_study,
-                                          plot_datasize, plot_transfer, transfer_study)
+                                          plot_datasize, plot_transfer, summary_table,
+                                          transfer_study)
 from normfree.cli import main
 from normfree.data.datasets import make_data
 from normfree.errors import ConfigError, DataError
@@ -71,6 +72,9 @@ def test_datasize_study_writes_rows_resumes_and_plots(tmp_path):
     trained = []
     again = datasize_study(*args, progress=trained.append)  # resumed: nothing left to run
     assert trained == [] and again == rows
+    table = summary_table(again, ["model", "augmentation", "train_images"], ["test_top1", "gap"])
+    assert table.splitlines()[2].startswith("| nfnet_tiny | off | 50 |")
+    assert len(table.splitlines()) == 2 + 8 and table.count("| 1 |") == 8  # one seed each
     plot_datasize(again, tmp_path / "datasize.png", "test")
     assert (tmp_path / "datasize.png").stat().st_size > 10_000
 

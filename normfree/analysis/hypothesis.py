@@ -159,16 +159,33 @@ def summarise(rows, group_fields, value):
             for k, v in groups.items()}
 
 
+def summary_table(rows, group_fields, values):
+    """Markdown rows: each group's mean ± std over seeds (and their count) of `values`."""
+    stats = {value: summarise(rows, group_fields, value) for value in values}
+    header = [*group_fields, *values, "seeds"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    def order(group):  # names alphabetically, numbers by size
+        return tuple((1, str(x), 0) if isinstance(x, str) else (0, "", x) for x in group)
+    for group in sorted(stats[values[0]], key=order):
+        cells = [f"{stats[v][group][0]:.2f} ± {stats[v][group][1]:.2f}" for v in values]
+        lines.append("| " + " | ".join([*map(str, group), *cells,
+                                        str(stats[values[0]][group][2])]) + " |")
+    return "\n".join(lines)
+
+
 def plot_datasize(rows, path, title):
     """Test top-1 and train − test gap against training images, mean ± std over seeds."""
     fig, (acc, gap) = pyplot().subplots(1, 2, figsize=(10, 3.8))
     for value, ax in (("test_top1", acc), ("gap", gap)):
         stats = summarise(rows, ["model", "augmentation", "train_images"], value)
+        colours = {}
         for model, augmentation in dict.fromkeys(k[:2] for k in stats):
             sizes = sorted(k[2] for k in stats if k[:2] == (model, augmentation))
             points = [stats[(model, augmentation, s)] for s in sizes]
             ax.errorbar(sizes, [p[0] for p in points], yerr=[p[1] for p in points], marker="o",
-                        capsize=3, label=f"{model}, augmentation {augmentation}")
+                        capsize=3, color=colours.setdefault(model, f"C{len(colours)}"),
+                        linestyle="-" if augmentation == "on" else "--",
+                        label=f"{model}, augmentation {augmentation}")
         ax.set(xscale="log", xlabel="training images")
         ax.grid(alpha=0.3)
     acc.set_ylabel("test top-1 (%)")
@@ -182,10 +199,12 @@ def plot_transfer(rows, path, title):
     """Test top-1 against images per class, pretrained and from scratch, mean ± std."""
     fig, ax = pyplot().subplots(figsize=(6, 4))
     stats = summarise(rows, ["model", "init", "shots"], "test_top1")
+    colours = {}
     for model, init in dict.fromkeys(k[:2] for k in stats):
         shots = sorted(k[2] for k in stats if k[:2] == (model, init))
         ax.errorbar(shots, [stats[(model, init, s)][0] for s in shots],
                     yerr=[stats[(model, init, s)][1] for s in shots], marker="o", capsize=3,
+                    color=colours.setdefault(model, f"C{len(colours)}"),
                     linestyle="-" if init == "pretrained" else "--", label=f"{model}, {init}")
     ax.set(xscale="log", xlabel="training images per class", ylabel="test top-1 (%)")
     ax.grid(alpha=0.3)
