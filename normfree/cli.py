@@ -241,7 +241,7 @@ def build_parser(help_preset=DEFAULT_PRESET):
                             "for every size, validation and test sets unchanged: test top-1 "
                             "and train − test gap per cell and seed.")
     add_study_flags(p, steps=1000)
-    p.add_argument("--per-class", type=number_list(int), default=[100, 400, 1500, 5500],
+    p.add_argument("--per-class", type=number_list(int), default=[100, 400, 1500, 5400],
                    help="training images per class, 10 classes (default: %(default)s)")
     add_augmentation_flag(p, default=["on", "off"])
 
