@@ -9,6 +9,7 @@ from .releases import HUB_PREFIX
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # preferred first
 _REPO_ID = re.compile(r"[\w.-]+/[\w.-]+")
+_NOT_CACHED = object()  # `download`'s answer for a file neither cached nor reachable
 
 
 def is_hub_id(source):
@@ -56,6 +57,3 @@ def fetch(source):
         raise CheckpointError(f"{repo_id}: holds none of {', '.join(WEIGHT_FILES)}")
     config = download("config.json")
     return weights, (None if config is _NOT_CACHED else config)
-
-
-_NOT_CACHED = object()
