@@ -122,7 +122,8 @@ def _read_timm_config(path):
         raise CheckpointError(f"{path}: not a readable timm config.json ({e})") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: not a timm config.json (expected a JSON object)")
-    return config
+    # a normfree run folder has a config.json too (the training config): not timm's
+    return config if "architecture" in config or "pretrained_cfg" in config else {}
 
 
 def _preprocessing(meta, timm_config, source_format, model):
