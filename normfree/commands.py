@@ -11,8 +11,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from .analysis.bench import bench, ceiling, format_record, train_peak_memory
-from .analysis.hypothesis import (datasize_study, plot_datasize, plot_transfer, summary_table,
-                                  transfer_study)
+from .analysis.hypothesis import (datasize_study, difference_table, gap_growth_table,
+                                  plot_datasize, plot_transfer, summary_table,
+                                  transfer_gain_table, transfer_study)
 from .analysis.spp import paper_comparison, plot, write_curves_csv
 from .analysis.studies import agc_study, default_base, nf_vs_bn, plot_agc_study, plot_nf_vs_bn
 from .errors import ConfigError, DataError, OutputError
@@ -174,6 +175,12 @@ def cmd_study_bn(args):
     rows = nf_vs_bn(base, csv_path, args.seeds, args.augmentation, args.bn_lr)
     plot_nf_vs_bn(rows, png_path, f"Fashion-MNIST, batch {base.batch_size}, lr {base.lr:g}, "
                   f"{args.epochs} epochs")
+    finished = [r for r in rows if r["test_top1"] is not None]
+    values = ["test_top1", "gap", "seconds"]
+    print(summary_table(finished, ["model", "augmentation"], values))
+    for value in values:
+        print(difference_table(finished, ["augmentation"], value, args.model,
+                               bn_twin_name(args.model)))
     print(f"wrote {csv_path} and {png_path}")
 
 
@@ -204,6 +211,9 @@ def cmd_study_datasize(args):
     plot_datasize(rows, png_path, f"Fashion-MNIST, {args.steps} steps per run, mean ± std "
                                   f"over seeds {','.join(map(str, args.seeds))}")
     print(summary_table(rows, ["model", "augmentation", "train_images"], ["test_top1", "gap"]))
+    for value in ("test_top1", "gap"):
+        print(difference_table(rows, ["augmentation", "train_images"], value, *models))
+    print(gap_growth_table(rows, *models))
     print(f"wrote {csv_path} and {png_path}")
 
 
@@ -217,6 +227,7 @@ def cmd_study_transfer(args):
     plot_transfer(rows, png_path, f"Fashion-MNIST classes 5-9 after pretraining on 0-4 "
                                   f"({args.pretrain_steps} steps), {args.steps} steps")
     print(summary_table(rows, ["model", "shots", "init"], ["test_top1"]))
+    print(transfer_gain_table(rows, *models))
     print(f"wrote {csv_path} and {png_path}")
 
 

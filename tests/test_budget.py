@@ -40,6 +40,15 @@ def test_epochs_and_budget_are_exclusive(tmp_path, capsys):
     assert_refused(code, err, "--epochs and --time-budget both set the run's length")
 
 
+def test_the_fmnist_presets_are_budgets_that_a_given_length_replaces():
+    assert (preset("fmnist").time_budget, preset("fmnist-long").time_budget) == ("15m", "2h")
+    for length in (dict(epochs=3), dict(steps=50)):
+        cfg = preset("fmnist", **length)
+        assert cfg.time_budget is None and (cfg.epochs, cfg.steps) == (
+            length.get("epochs", cfg.epochs), length.get("steps"))
+    assert preset("fmnist", time_budget="5m").time_budget == "5m"
+
+
 def test_plan_is_the_most_steps_that_fit():
     """100 s, 10 s spent after 25 steps of 100 an epoch; 0.1 s a step, 5 s a validation every
     2nd epoch and after the last, 3 s the test, 2 s kept: 675 steps take 65 + 4·5 + 5 = 90 s of

@@ -87,7 +87,8 @@ def test_train_help_documents_every_flag_with_the_default_presets_value(capsys):
     for f in fields(TrainConfig):
         assert "--" + f.name.replace("_", "-") in text, f.name
     assert text.count("(fmnist: ") == len(fields(TrainConfig))
-    assert "--epochs INT (fmnist: 20)" in text  # the preset's value, not TrainConfig's 16
+    assert "--time-budget STR" in text and "(fmnist: 15m)" in text  # the preset's value
+    assert "--epochs INT (fmnist: set by --time-budget)" in text  # not TrainConfig's 16
     assert "AGC λ; 0 turns AGC off (fmnist: 0.04)" in text
     assert "(fmnist: 5e-05)" in text and "(fmnist: none)" in text
 

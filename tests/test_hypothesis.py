@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from normfree.analysis.hypothesis import (DATASIZE_FIELDS, TRANSFER_FIELDS, datasize_study,
-                                          plot_datasize, plot_transfer, summary_table,
-                                          transfer_study)
+                                          difference_table, gap_growth_table,
+                                          paired_differences, plot_datasize, plot_transfer,
+                                          summary_table, transfer_gain_table, transfer_study)
 from normfree.cli import main
 from normfree.data.datasets import make_data
 from normfree.errors import ConfigError, DataError
@@ -98,6 +99,50 @@ def test_transfer_study_pretrains_once_and_compares_with_scratch(tmp_path):
     assert (tmp_path / "transfer.png").stat().st_size > 10_000
 
 
+def datasize_rows(gaps):
+    """Study rows whose gap is given per (model, augmentation, images, seed)."""
+    return [dict(model=m, augmentation=a, train_images=n, seed=seed, gap=gap, test_top1=90.0)
+            for (m, a, n, seed), gap in gaps.items()]
+
+
+def test_paired_differences_pair_by_seed_and_judge_against_the_seed_noise():
+    steady = {("nf", "on", 100, s): 5.0 + d for s, d in enumerate([1.0, 1.1, 0.9])}
+    noisy = {("nf", "off", 100, s): 5.0 + d for s, d in enumerate([2.0, -1.5, 0.4])}
+    bn = {("bn", a, 100, s): 5.0 for a in ("on", "off") for s in range(3)}
+    rows = datasize_rows({**steady, **noisy, **bn, ("nf", "on", 100, 7): 9.0})  # seed 7: no BN
+    diffs = paired_differences(rows, ["augmentation"], "gap", "nf", "bn")
+    mean, std, n, exceeds = diffs[("on",)]
+    assert (mean, n, exceeds) == (pytest.approx(1.0), 3, True) and std == pytest.approx(0.1)
+    mean, std, n, exceeds = diffs[("off",)]
+    # |0.3| < t(2) · 1.75 / √3 = 4.303 · 1.01: inside the noise
+    assert mean == pytest.approx(0.3) and std == pytest.approx(1.7521, abs=1e-4)
+    assert exceeds is False
+    one = paired_differences(rows[:1] + rows[6:7], ["augmentation"], "gap", "nf", "bn")
+    assert one[("on",)][2:] == (1, None)
+    table = difference_table(rows, ["augmentation"], "gap", "nf", "bn")
+    assert "| off | +0.30 ± 1.75 | 3 | no |" in table and "| on | +1.00 ± 0.10 | 3 | yes |" in table
+
+
+def test_gap_growth_and_transfer_gain_are_differences_of_differences():
+    # NF's gap exceeds BN's by 3 + seed at 1,000 images and by 1 at 54,000: grows by 2 + seed
+    gaps = {}
+    for seed in range(3):
+        gaps.update({("nf", "on", 1000, seed): 10.0 + seed, ("bn", "on", 1000, seed): 7.0,
+                     ("nf", "on", 54000, seed): 2.0, ("bn", "on", 54000, seed): 1.0})
+    table = gap_growth_table(datasize_rows(gaps), "nf", "bn")
+    assert "(NF − BN gap) − (same at 54000)" in table
+    assert "| on | 1000 | +3.00 ± 1.00 | 3 | yes |" in table
+    # NF gains 4 points from pretraining at 10 shots, BN 1 + seed: NF − BN = 2 ± 1
+    rows = [dict(model=m, init=i, shots=10, seed=s, test_top1=70.0 + gain)
+            for s in range(3)
+            for m, i, gain in [("nf", "pretrained", 4.0), ("nf", "scratch", 0.0),
+                               ("bn", "pretrained", 1.0 + s), ("bn", "scratch", 0.0)]]
+    table = transfer_gain_table(rows, "nf", "bn")
+    assert "| nf | 10 | +4.00 ± 0.00 | 3 | yes |" in table
+    assert "| bn | 10 | +2.00 ± 1.00 | 3 | no |" in table  # 2 < t(2) · 1 / √3 = 2.48
+    assert "| 10 | +2.00 ± 1.00 | 3 | no |" in table
+
+
 @pytest.fixture(scope="module")
 def tiny_fmnist(tmp_path_factory):
     return write_fmnist(tmp_path_factory.mktemp("fmnist"), n_train=5200, n_test=100)
@@ -121,6 +166,21 @@ def test_study_commands_run_a_tiny_grid_and_resume(command, extra, stem, fields,
     assert main(argv) == 2 and "--force" in capsys.readouterr().err  # no silent overwrite
     assert main(argv + ["--resume"]) in (0, None)
     assert len(read(out / f"{stem}.csv")[1]) == len(rows)
+
+
+def test_study_bn_command_prints_nf_minus_bn_per_augmentation(tiny_fmnist, tmp_path, capsys):
+    out = tmp_path / "bn"
+    argv = ["study-bn", "--data-dir", str(tiny_fmnist), "--epochs", "1", "--batch-size", "32",
+            "--seeds", "0", "--augmentation", "off", "--out-dir", str(out)]
+    assert main(argv) in (0, None)
+    header, rows = read(out / "nf_vs_bn_b32.csv")
+    finished = [r for r in rows if r["test_top1"]]
+    assert {r["model"] for r in finished} == {"nfnet_s0", "nfnet_s0_bn"}
+    assert_percentages(finished, "train_top1", "test_top1")
+    printed = capsys.readouterr().out
+    for value in ("test_top1", "gap", "seconds"):
+        assert f"| augmentation | {value}: nfnet_s0 − nfnet_s0_bn | seeds |" in printed
+    assert "| off |" in printed and "| 1 | one seed |" in printed
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -164,13 +164,88 @@ def summary_table(rows, group_fields, values):
     stats = {value: summarise(rows, group_fields, value) for value in values}
     header = [*group_fields, *values, "seeds"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    def order(group):  # names alphabetically, numbers by size
-        return tuple((1, str(x), 0) if isinstance(x, str) else (0, "", x) for x in group)
-    for group in sorted(stats[values[0]], key=order):
+    for group in sorted(stats[values[0]], key=_order):
         cells = [f"{stats[v][group][0]:.2f} ± {stats[v][group][1]:.2f}" for v in values]
         lines.append("| " + " | ".join([*map(str, group), *cells,
                                         str(stats[values[0]][group][2])]) + " |")
     return "\n".join(lines)
+
+
+# Two-sided 95 % quantiles of Student's t for 1-9 degrees of freedom: a difference over n seeds
+# exceeds the seed noise when |mean| > t(n − 1) · std / √n (a paired t-test).
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306,
+       9: 2.262}
+
+
+def seed_differences(rows, cell_fields, value, first, second, pair_field="model"):
+    """Rows of `value` where `pair_field` is `first` minus where it is `second`, one per
+    combination of `cell_fields` and seed that has both."""
+    pairs = {}
+    for row in rows:
+        if row[pair_field] in (first, second):
+            key = (*(row[k] for k in cell_fields), row["seed"])
+            pairs.setdefault(key, {})[row[pair_field]] = row[value]
+    return [{**dict(zip([*cell_fields, "seed"], key)), value: pair[first] - pair[second]}
+            for key, pair in pairs.items() if len(pair) == 2]
+
+
+def paired_differences(rows, cell_fields, value, first, second, pair_field="model"):
+    """{cell: (mean, std, n, exceeds_noise)} of `seed_differences` over seeds; `exceeds_noise`
+    is None below two seeds."""
+    result = {}
+    differences = seed_differences(rows, cell_fields, value, first, second, pair_field)
+    for cell, (mean, std, n) in summarise(differences, cell_fields, value).items():
+        t = T95.get(n - 1, 1.96)
+        result[cell] = (mean, std, n, abs(mean) > t * std / n ** 0.5 if n > 1 else None)
+    return result
+
+
+def difference_table(rows, cell_fields, value, first, second, pair_field="model", label=None):
+    """Markdown rows of `paired_differences`: mean ± std over seeds and whether it exceeds the
+    seed noise; `label` heads the difference column (default: value: first − second)."""
+    diffs = paired_differences(rows, cell_fields, value, first, second, pair_field)
+    verdict = {True: "yes", False: "no", None: "one seed"}
+    label = label or f"{value}: {first} − {second}"
+    lines = [f"| {' | '.join(cell_fields)} | {label} | seeds | beyond seed noise (paired t, "
+             f"95 %) |", "|" + "---|" * (len(cell_fields) + 3)]
+    for cell, (mean, std, n, exceeds) in sorted(diffs.items(), key=lambda kv: _order(kv[0])):
+        lines.append(f"| {' | '.join(map(str, cell))} | {mean:+.2f} ± {std:.2f} | {n} | "
+                     f"{verdict[exceeds]} |")
+    return "\n".join(lines)
+
+
+def gap_growth_table(rows, nf, bn):
+    """Claim (1) in numbers: by how much NF's train − test gap exceeds BN's more at each
+    training size than at the largest, paired by seed (a seed draws the same subset for both
+    models)."""
+    gaps = seed_differences(rows, ["augmentation", "train_images"], "gap", nf, bn)
+    largest = max(r["train_images"] for r in gaps)
+    at_largest = {(r["augmentation"], r["seed"]): r["gap"] for r in gaps
+                  if r["train_images"] == largest}
+    label = f"(NF − BN gap) − (same at {largest})"
+    derived = [{**r, "at": at, "gap": gap} for r in gaps if r["train_images"] != largest
+               for at, gap in (("size", r["gap"]),
+                               ("largest", at_largest.get((r["augmentation"], r["seed"]))))
+               if gap is not None]
+    return difference_table(derived, ["augmentation", "train_images"], "gap", "size", "largest",
+                            pair_field="at", label=label)
+
+
+def transfer_gain_table(rows, nf, bn):
+    """Claim (3) in numbers: NF's gain from pretraining (pretrained − scratch test top-1)
+    minus BN's, per shots, paired by seed."""
+    gains = seed_differences(rows, ["model", "shots"], "test_top1", "pretrained", "scratch",
+                             pair_field="init")
+    return "\n\n".join([
+        difference_table(rows, ["model", "shots"], "test_top1", "pretrained", "scratch",
+                         pair_field="init", label="gain from pretraining (points)"),
+        difference_table(gains, ["shots"], "test_top1", nf, bn,
+                         label="gain from pretraining: NF − BN (points)")])
+
+
+def _order(group):
+    """Names alphabetically, numbers by size."""
+    return tuple((1, str(x), 0) if isinstance(x, str) else (0, "", x) for x in group)
 
 
 def plot_datasize(rows, path, title):
