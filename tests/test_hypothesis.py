@@ -132,6 +132,7 @@ def test_gap_growth_and_transfer_gain_are_differences_of_differences():
     table = gap_growth_table(datasize_rows(gaps), "nf", "bn")
     assert "(NF − BN gap) − (same at 54000)" in table
     assert "| on | 1000 | +3.00 ± 1.00 | 3 | yes |" in table
+    assert gap_growth_table(datasize_rows(gaps), "nf", "absent") == "(no cell has both models yet)"
     # NF gains 4 points from pretraining at 10 shots, BN 1 + seed: NF − BN = 2 ± 1
     rows = [dict(model=m, init=i, shots=10, seed=s, test_top1=70.0 + gain)
             for s in range(3)

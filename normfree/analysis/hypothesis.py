@@ -219,6 +219,8 @@ def gap_growth_table(rows, nf, bn):
     training size than at the largest, paired by seed (a seed draws the same subset for both
     models)."""
     gaps = seed_differences(rows, ["augmentation", "train_images"], "gap", nf, bn)
+    if not gaps:
+        return "(no cell has both models yet)"
     largest = max(r["train_images"] for r in gaps)
     at_largest = {(r["augmentation"], r["seed"]): r["gap"] for r in gaps
                   if r["train_images"] == largest}
