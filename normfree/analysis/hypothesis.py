@@ -224,13 +224,14 @@ def gap_growth_table(rows, nf, bn):
     largest = max(r["train_images"] for r in gaps)
     at_largest = {(r["augmentation"], r["seed"]): r["gap"] for r in gaps
                   if r["train_images"] == largest}
-    label = f"(NF − BN gap) − (same at {largest})"
-    derived = [{**r, "at": at, "gap": gap} for r in gaps if r["train_images"] != largest
-               for at, gap in (("size", r["gap"]),
-                               ("largest", at_largest.get((r["augmentation"], r["seed"]))))
-               if gap is not None]
-    return difference_table(derived, ["augmentation", "train_images"], "gap", "size", "largest",
-                            pair_field="at", label=label)
+    # each smaller size's row, paired with its seed's row at the largest size
+    paired = []
+    for row in gaps:
+        reference = at_largest.get((row["augmentation"], row["seed"]))
+        if row["train_images"] != largest and reference is not None:
+            paired += [{**row, "at": "size"}, {**row, "at": "largest", "gap": reference}]
+    return difference_table(paired, ["augmentation", "train_images"], "gap", "size", "largest",
+                            pair_field="at", label=f"(NF − BN gap) − (same at {largest})")
 
 
 def transfer_gain_table(rows, nf, bn):
