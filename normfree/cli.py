@@ -63,12 +63,17 @@ def add_study_flags(parser, steps):
                         help="optimizer steps of every run (default: %(default)s)")
     parser.add_argument("--bn-lr", type=float, default=None,
                         help="the BN twin's learning rate (default: the NF model's, 0.2)")
-    parser.add_argument("--threads", type=int, default=0, help="CPU threads; 0: all cores")
+    add_threads_flag(parser)
     parser.add_argument("--data-dir", default=None,
                         help=f"Fashion-MNIST IDX files; default: {FMNIST_DIR}")
     add_output_flags(parser)
     parser.add_argument("--resume", action="store_true",
                         help="continue the study in --out-dir: runs its CSV holds are skipped")
+
+
+def add_threads_flag(parser):
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads; 0: all cores (two studies side by side: 1 each)")
 
 
 def add_augmentation_flag(parser, default):
@@ -229,6 +234,7 @@ def build_parser(help_preset=DEFAULT_PRESET):
     add_augmentation_flag(p, default=["on"])
     p.add_argument("--bn-lr", type=float, default=None,
                    help="the BN twin's learning rate (default: the NF model's)")
+    add_threads_flag(p)
     p.add_argument("--data-dir", default=None,
                    help=f"Fashion-MNIST IDX files; default: {FMNIST_DIR}")
     add_output_flags(p)

@@ -171,7 +171,7 @@ def cmd_study_bn(args):
     csv_path, png_path = study_outputs(
         args, "nf_vs_bn" + ("" if args.batch_size == base.batch_size else f"_b{args.batch_size}"))
     base = replace(base, model=args.model, data_dir=args.data_dir, batch_size=args.batch_size,
-                   lr=base.lr * args.batch_size / base.batch_size)
+                   lr=base.lr * args.batch_size / base.batch_size, threads=args.threads)
     rows = nf_vs_bn(base, csv_path, args.seeds, args.augmentation, args.bn_lr)
     plot_nf_vs_bn(rows, png_path, f"Fashion-MNIST, batch {base.batch_size}, lr {base.lr:g}, "
                   f"{args.epochs} epochs")

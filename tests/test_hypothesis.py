@@ -172,8 +172,13 @@ def test_study_commands_run_a_tiny_grid_and_resume(command, extra, stem, fields,
 def test_study_bn_command_prints_nf_minus_bn_per_augmentation(tiny_fmnist, tmp_path, capsys):
     out = tmp_path / "bn"
     argv = ["study-bn", "--data-dir", str(tiny_fmnist), "--epochs", "1", "--batch-size", "32",
-            "--seeds", "0", "--augmentation", "off", "--out-dir", str(out)]
-    assert main(argv) in (0, None)
+            "--seeds", "0", "--augmentation", "off", "--threads", "1", "--out-dir", str(out)]
+    threads = torch.get_num_threads()
+    try:
+        assert main(argv) in (0, None)
+        assert torch.get_num_threads() == 1  # for the step timing too, not only the training
+    finally:
+        torch.set_num_threads(threads)
     header, rows = read(out / "nf_vs_bn_b32.csv")
     finished = [r for r in rows if r["test_top1"]]
     assert {r["model"] for r in finished} == {"nfnet_s0", "nfnet_s0_bn"}

@@ -106,6 +106,8 @@ def nf_vs_bn(base, out_csv, seeds=None, augmentations=("on",), bn_lr=None, progr
     training-set accuracy, their gap, and each model's train-step time and peak training memory
     (measured once per model). Runs already in `out_csv` are skipped. Returns all rows."""
     names = [base.model, bn_twin_name(base.model)]
+    if base.threads:  # the step timing below runs before `train` would set them
+        torch.set_num_threads(base.threads)
     clip_factors = {name: recipe_for(base, name, "on").clip_factor for name in names}
     step_ms = _step_times(base, clip_factors)
     size = base.image_size or create_model(base.model).cfg.train_size
