@@ -28,7 +28,8 @@ CANDIDATES = {
     "full_resolution": replace(S0, **FULL_RESOLUTION),
     "lean_full_resolution": replace(S0, **LEAN, **FULL_RESOLUTION),
     "lean_dense": replace(S0, **LEAN, group_width=None),
-    "lean_dense_full_resolution": replace(S0, **LEAN, **FULL_RESOLUTION, group_width=None),
+    "lean_dense_full_resolution": replace(VARIANTS["nfnet_s0_dense"], dropout=0.0,
+                                          stochastic_depth=0.0),  # the named variant
     "lean_depths_1221": replace(S0, **LEAN, depths=(1, 2, 2, 1)),
 }
 DEFAULT = [*CANDIDATES, "nfnet_s0@64", "nfnet_s0@256"]

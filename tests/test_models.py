@@ -141,7 +141,7 @@ def test_every_listed_model_builds():
 
 
 def test_small_variants_end_at_least_4x4_on_28px():
-    for name in ("nfnet_s0", "nfnet_s1", "nf_resnet_s26", "nfnet_s0_bn"):
+    for name in ("nfnet_s0", "nfnet_s0_dense", "nfnet_s1", "nf_resnet_s26", "nfnet_s0_bn"):
         model = create_model(name, num_classes=10).eval()
         with torch.no_grad():
             feats = model.forward_features(torch.randn(2, 1, 28, 28))
@@ -152,6 +152,20 @@ def test_nfnet_s1_stem_sees_28px_at_full_resolution():
     model = create_model("nfnet_s1", num_classes=10)
     with torch.no_grad():
         assert model.stem(torch.randn(1, 1, 28, 28)).shape[-2:] == (28, 28)
+    assert [f["reduction"] for f in model.feature_info] == [2, 2, 4, 8]
+
+
+def test_nfnet_s0_dense_has_one_dense_3x3_per_block_and_a_full_resolution_stem():
+    model = create_model("nfnet_s0_dense", num_classes=10)
+    with torch.no_grad():
+        assert model.stem(torch.randn(1, 1, 28, 28)).shape[-2:] == (28, 28)
+    blocks = [m for m in model.modules() if isinstance(m, NFBlock)]
+    assert len(blocks) == 5
+    for block in blocks:
+        spatial = [m for m in block.modules()
+                   if isinstance(m, torch.nn.Conv2d) and m.kernel_size == (3, 3)]
+        assert len(spatial) == 1 and spatial[0].groups == 1
+        assert "se" not in dict(block.named_children())  # no squeeze-excite
     assert [f["reduction"] for f in model.feature_info] == [2, 2, 4, 8]
 
 
@@ -254,7 +268,8 @@ def test_se_gate_folded_into_skip_gain_multiply_matches_the_materialised_branch(
 
 
 @pytest.mark.parametrize("name", ["nfnet_f0", "nfnet_f1_plus", "nf_resnet50", "nf_regnet_b0",
-                                  "nf_regnet_b3", "nfnet_s0", "nfnet_s1", "nf_resnet_s26",
+                                  "nf_regnet_b3", "nfnet_s0", "nfnet_s0_dense", "nfnet_s1",
+                                  "nf_resnet_s26",
                                   "nfnet_tiny", "resnet50_bn", "nfnet_s0_bn", "nfnet_tiny_bn"])
 def test_counts_from_the_config_equal_the_built_models(name):
     """`normfree list` counts without building models; every kind of block, stem and head."""

@@ -71,6 +71,8 @@ _SMALL = dict(strides=(1, 1, 2, 2), stem_strides=(2, 1), stem_widths=(16, 32), g
               final_channels=0, train_size=28, test_size=28, in_chans=1, dropout=0.1,
               stochastic_depth=0.1, activation="silu")
 
+_S0 = NFConfig(depths=(1, 1, 2, 1), widths=(64, 128, 256, 256), **_SMALL)
+
 VARIANTS = {
     **{f"nfnet_f{n}": _nfnet(n) for n in range(8)},
     **{f"nfnet_f{n}_plus": _nfnet(n, plus=True) for n in range(8)},
@@ -99,7 +101,13 @@ VARIANTS = {
     "timm_nf_regnet_b1": replace(
         _nf_regnet((48, 104, 208, 440), (2, 4, 7, 7), 256, 288, 0.2), widths=(40, 80, 160, 328),
         stem_widths=(40,), classifier_init="normal", **_TIMM),
-    "nfnet_s0": NFConfig(depths=(1, 1, 2, 1), widths=(64, 128, 256, 256), **_SMALL),
+    "nfnet_s0": _S0,
+    # nfnet_s0 with one dense 3×3 in each block where it had two grouped 3×3s and squeeze-excite,
+    # and its stem at full resolution: 4× the 3×3 MACs, yet on CPU the same step time, because
+    # grouped convs and SE cost more time than their MACs (docs/benchmarks.md, "What each part
+    # of the block costs"); more accuracy per epoch on Fashion-MNIST (docs/results.md).
+    "nfnet_s0_dense": replace(_S0, second_conv=False, attention=None, group_width=None,
+                              stem_strides=(1, 1), strides=(2, 1, 2, 2)),
     # The stem keeps 28 px and the first block halves it: its two 3×3 convs see every pixel,
     # for a little more time per step and higher accuracy (docs/results.md, fmnist-long).
     "nfnet_s1": NFConfig(depths=(1, 2, 3, 2), widths=(96, 192, 384, 384),
