@@ -173,7 +173,8 @@ def cmd_study_bn(args):
     base = replace(base, model=args.model, data_dir=args.data_dir, batch_size=args.batch_size,
                    lr=base.lr * args.batch_size / base.batch_size, threads=args.threads)
     rows = nf_vs_bn(base, csv_path, args.seeds, args.augmentation, args.bn_lr)
-    plot_nf_vs_bn(rows, png_path, f"Fashion-MNIST, batch {base.batch_size}, lr {base.lr:g}, "
+    lrs = f"lr {base.lr:g}" + (f" (BN twin {args.bn_lr:g})" if args.bn_lr else "")
+    plot_nf_vs_bn(rows, png_path, f"Fashion-MNIST, batch {base.batch_size}, {lrs}, "
                   f"{args.epochs} epochs")
     finished = [r for r in rows if r["test_top1"] is not None]
     values = ["test_top1", "gap", "seconds"]

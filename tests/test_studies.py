@@ -44,5 +44,6 @@ def test_nf_vs_bn_trains_both_and_times_their_steps(tmp_path):
     nf_vs_bn(base, tmp_path / "bn.csv", seeds=[0], augmentations=["on", "off"],
              progress=again.append)
     assert again == []  # every run is in the CSV already
-    plot_nf_vs_bn(rows, tmp_path / "bn.png", "test")
+    other_seed = [{**r, "seed": 1} for r in rows]  # several seeds: one line of means per run
+    plot_nf_vs_bn(rows + other_seed, tmp_path / "bn.png", "test")
     assert (tmp_path / "bn.png").stat().st_size > 10_000

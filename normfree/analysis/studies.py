@@ -26,7 +26,7 @@ from ..training.config import preset
 from ..training.logs import read_metrics
 from ..training.loop import train
 from .bench import make_train_step, time_calls, train_peak_memory
-from .hypothesis import read_study_rows, recipe_for, run_and_measure
+from .hypothesis import read_study_rows, recipe_for, run_and_measure, summarise
 
 FIELDS = ["batch_size", "lr", "clip_factor", "val_top1", "diverged_at_step", "seconds"]
 
@@ -167,26 +167,30 @@ def _step_times(cfg, clip_factors, repeats=20):
 
 
 def plot_nf_vs_bn(rows, path, title):
-    """Validation accuracy against epoch and against training seconds, one line per run
-    (colour: model; dashed: without augmentation)."""
+    """Validation accuracy against epoch and against training seconds, the mean over seeds with
+    their std as error bars (colour: model; dashed: without augmentation)."""
     fig, (by_epoch, by_time) = pyplot().subplots(1, 2, figsize=(10, 3.8))
+    per_epoch = ["model", "augmentation", "epoch"]
+    validated = [r for r in rows if r["val_top1"] is not None]
+    val, seconds = (summarise(validated, per_epoch, v) for v in ("val_top1", "seconds"))
+    finished = [r for r in rows if r["test_top1"] is not None]
+    test, step_ms = (summarise(finished, ["model", "augmentation"], v)
+                     for v in ("test_top1", "step_ms"))
     colours = {}
-    for run in dict.fromkeys((r["model"], r["augmentation"], r["seed"]) for r in rows):
-        mine = [r for r in rows if (r["model"], r["augmentation"], r["seed"]) == run]
-        last = mine[-1]
-        style = dict(marker="o", linestyle="-" if run[1] == "on" else "--",
+    for run in dict.fromkeys(k[:2] for k in val):
+        epochs = sorted(k[2] for k in val if k[:2] == run)
+        mean, std = zip(*(val[(*run, e)][:2] for e in epochs))
+        style = dict(yerr=std, marker="o", capsize=3, linestyle="-" if run[1] == "on" else "--",
                      color=colours.setdefault(run[0], f"C{len(colours)}"),
-                     label=f"{run[0]}, augmentation {run[1]}, seed {run[2]} (test "
-                           f"{last['test_top1']:.2f}%, {last['step_ms']:.0f} ms/step)")
-        validated = [r for r in mine if r["val_top1"] is not None]
-        by_epoch.plot([r["epoch"] for r in validated], [r["val_top1"] for r in validated],
-                      **style)
-        by_time.plot([r["seconds"] for r in validated], [r["val_top1"] for r in validated],
-                     **style)
+                     label=f"{run[0]}, augmentation {run[1]} (test {test[run][0]:.2f}%, "
+                           f"{test[run][2]} seed{'s' * (test[run][2] > 1)}, "
+                           f"{step_ms[run][0]:.0f} ms/step)")
+        by_epoch.errorbar(epochs, mean, **style)
+        by_time.errorbar([seconds[(*run, e)][0] for e in epochs], mean, **style)
     by_epoch.set(xlabel="epoch", ylabel="validation top-1 (%)")
-    by_time.set(xlabel="training seconds (2 CPU cores)", ylabel="validation top-1 (%)")
+    by_time.set(xlabel="training seconds", ylabel="validation top-1 (%)")
     for ax in (by_epoch, by_time):
         ax.grid(alpha=0.3)
-    by_epoch.legend(fontsize=7)
+    by_epoch.legend(fontsize=7, loc="lower right")
     fig.suptitle(title)
     save_figure(fig, path, bbox_inches="tight")
