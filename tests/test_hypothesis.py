@@ -3,6 +3,7 @@ accuracies are percentages, that a study resumes without retraining what it has,
 options they rest on (--classes, --train-per-class). Not whether the science comes out one way."""
 
 import csv
+import shutil
 from dataclasses import replace
 
 import pytest
@@ -95,6 +96,9 @@ def test_transfer_study_pretrains_once_and_compares_with_scratch(tmp_path):
     lines = []
     transfer_study(*args, progress=lines.append)
     assert lines == []  # neither pretraining nor fine-tuning runs again
+    shutil.rmtree(tmp_path / "pretrain")  # a CSV merged from elsewhere: nothing left to train
+    transfer_study(*args, progress=lines.append)
+    assert lines == [] and not (tmp_path / "pretrain").exists()
     plot_transfer(rows, tmp_path / "transfer.png", "test")
     assert (tmp_path / "transfer.png").stat().st_size > 10_000
 

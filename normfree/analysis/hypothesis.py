@@ -113,26 +113,27 @@ def transfer_study(base, models, shots, seeds, pretrain_steps, finetune_steps, o
     with tempfile.TemporaryDirectory() as scratch:
         for seed in seeds:
             for model in models:
-                weights = _pretrained(base, model, seed, pretrain_classes, pretrain_steps,
-                                      Path(out_dir) / "pretrain", bn_lr, progress)
-                for count in shots:
-                    for init in ("pretrained", "scratch"):
-                        key = (model, init, count, seed)
-                        if key in done:
-                            continue
-                        cfg = replace(recipe_for(base, model, "on", bn_lr), seed=seed,
-                                      classes=target_classes, train_per_class=count,
-                                      progress=False,
-                                      init_from=str(weights) if init == "pretrained" else None,
-                                      out_dir=str(Path(scratch) / "-".join(map(str, key))))
-                        cfg = with_steps(cfg, finetune_steps, count * len(target_classes))
-                        measured = run_and_measure(cfg)
-                        rows.append(dict(zip(keys, key), steps=finetune_steps,
-                                         **{k: measured[k] for k in TRANSFER_FIELDS
-                                            if k in measured}))
-                        write_csv(out_csv, TRANSFER_FIELDS, rows)
-                        progress(f"{model:<12} {init:<10} {count:>5} a class  seed {seed}: "
-                                 f"test {measured['test_top1']:.2f}%")
+                todo = [(model, init, count, seed) for count in shots
+                        for init in ("pretrained", "scratch")
+                        if (model, init, count, seed) not in done]
+                weights = None  # pretrained only when a run still needs the weights
+                if any(init == "pretrained" for _, init, _, _ in todo):
+                    weights = _pretrained(base, model, seed, pretrain_classes, pretrain_steps,
+                                          Path(out_dir) / "pretrain", bn_lr, progress)
+                for key in todo:
+                    init, count = key[1:3]
+                    cfg = replace(recipe_for(base, model, "on", bn_lr), seed=seed,
+                                  classes=target_classes, train_per_class=count, progress=False,
+                                  init_from=str(weights) if init == "pretrained" else None,
+                                  out_dir=str(Path(scratch) / "-".join(map(str, key))))
+                    cfg = with_steps(cfg, finetune_steps, count * len(target_classes))
+                    measured = run_and_measure(cfg)
+                    rows.append(dict(zip(keys, key), steps=finetune_steps,
+                                     **{k: measured[k] for k in TRANSFER_FIELDS
+                                        if k in measured}))
+                    write_csv(out_csv, TRANSFER_FIELDS, rows)
+                    progress(f"{model:<12} {init:<10} {count:>5} a class  seed {seed}: "
+                             f"test {measured['test_top1']:.2f}%")
     return rows
 
 
