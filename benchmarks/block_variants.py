@@ -13,11 +13,10 @@ import torch
 
 from normfree.analysis.bench import make_train_step, time_calls
 from normfree.nn.network import NFNet
-from normfree.nn.variants import VARIANTS
+from normfree.nn.variants import FULL_RESOLUTION, VARIANTS
 
 S0 = replace(VARIANTS["nfnet_s0"], dropout=0.0, stochastic_depth=0.0)  # as the preset trains it
 LEAN = dict(second_conv=False, attention=None)
-FULL_RESOLUTION = dict(stem_strides=(1, 1), strides=(2, 1, 2, 2))
 CANDIDATES = {
     "nfnet_s0": S0,
     "no_conv2b": replace(S0, second_conv=False),

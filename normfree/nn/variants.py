@@ -72,6 +72,8 @@ _SMALL = dict(strides=(1, 1, 2, 2), stem_strides=(2, 1), stem_widths=(16, 32), g
               stochastic_depth=0.1, activation="silu")
 
 _S0 = NFConfig(depths=(1, 1, 2, 1), widths=(64, 128, 256, 256), **_SMALL)
+# The stem keeps 28 px and the first block halves it: its two 3×3 convs see every pixel.
+FULL_RESOLUTION = dict(stem_strides=(1, 1), strides=(2, 1, 2, 2))
 
 VARIANTS = {
     **{f"nfnet_f{n}": _nfnet(n) for n in range(8)},
@@ -107,11 +109,11 @@ VARIANTS = {
     # grouped convs and SE cost more time than their MACs (docs/benchmarks.md, "What each part
     # of the block costs"); more accuracy per epoch on Fashion-MNIST (docs/results.md).
     "nfnet_s0_dense": replace(_S0, second_conv=False, attention=None, group_width=None,
-                              stem_strides=(1, 1), strides=(2, 1, 2, 2)),
-    # The stem keeps 28 px and the first block halves it: its two 3×3 convs see every pixel,
-    # for a little more time per step and higher accuracy (docs/results.md, fmnist-long).
+                              **FULL_RESOLUTION),
+    # The full-resolution stem: a little more time per step and higher accuracy
+    # (docs/results.md, fmnist-long).
     "nfnet_s1": NFConfig(depths=(1, 2, 3, 2), widths=(96, 192, 384, 384),
-                         **{**_SMALL, "stem_strides": (1, 1), "strides": (2, 1, 2, 2)}),
+                         **{**_SMALL, **FULL_RESOLUTION}),
     "nf_resnet_s26": replace(NF_RESNET, depths=(2, 2, 2, 2), widths=(64, 128, 256, 512),
                              stem_widths=(32,), stem_strides=(1,), stem_kernel=3,
                              stem_max_pool=False, train_size=28, test_size=28, in_chans=1),
