@@ -6,7 +6,8 @@ from dataclasses import replace
 import pytest
 
 from normfree.training.config import preset
-from normfree.analysis.studies import agc_study, nf_vs_bn, plot_agc_study, plot_nf_vs_bn
+from normfree.analysis.studies import (agc_study, default_base, nf_vs_bn, plot_agc_study,
+                                       plot_nf_vs_bn)
 
 
 def test_agc_study_grid_records_divergence_and_accuracy(tmp_path):
@@ -24,7 +25,7 @@ def test_agc_study_grid_records_divergence_and_accuracy(tmp_path):
     assert (tmp_path / "agc.png").stat().st_size > 10_000
 
 
-def test_nf_vs_bn_trains_both_and_times_their_steps(tmp_path):
+def test_nf_vs_bn_trains_both_and_times_their_steps(tmp_path, monkeypatch):
     base = replace(preset("debug"), epochs=2, ema_decay=0.0)
     rows = nf_vs_bn(base, tmp_path / "bn.csv", seeds=[0], augmentations=["on", "off"],
                     progress=lambda line: None)
@@ -41,9 +42,19 @@ def test_nf_vs_bn_trains_both_and_times_their_steps(tmp_path):
     with open(tmp_path / "bn.csv", newline="") as f:
         assert len(list(csv.DictReader(f))) == 8
     again = []
-    nf_vs_bn(base, tmp_path / "bn.csv", seeds=[0], augmentations=["on", "off"],
-             progress=again.append)
-    assert again == []  # every run is in the CSV already
+    monkeypatch.setattr("normfree.analysis.studies._step_times", None)  # must not be called
+    monkeypatch.setattr("normfree.analysis.studies.train_peak_memory", None)
+    assert nf_vs_bn(base, tmp_path / "bn.csv", seeds=[0], augmentations=["on", "off"],
+                    progress=again.append)[-1] == rows[-1]
+    assert again == []  # every run is in the CSV already: nothing trained, nothing timed
     other_seed = [{**r, "seed": 1} for r in rows]  # several seeds: one line of means per run
     plot_nf_vs_bn(rows + other_seed, tmp_path / "bn.png", "test")
     assert (tmp_path / "bn.png").stat().st_size > 10_000
+
+
+def test_studies_keep_nfnet_s0_whatever_model_the_fmnist_preset_trains():
+    # the preset's model has no batch-norm twin; the studies in docs/results.md are of nfnet_s0
+    assert preset("fmnist").model == "nfnet_s0_dense"
+    base = default_base(epochs=3)
+    assert (base.model, base.epochs, base.ema_decay, base.compile) == ("nfnet_s0", 3, 0.0, False)
+    assert base.time_budget is None

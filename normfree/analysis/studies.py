@@ -91,8 +91,10 @@ def plot_agc_study(rows, path, title):
 
 
 def default_base(epochs=2):
-    """The study's per-cell recipe: the `fmnist` preset, shortened, without EMA or compile."""
-    return preset("fmnist", epochs=epochs, ema_decay=0.0, compile=False, tta_flip=False)
+    """The studies' per-cell recipe: the `fmnist` preset, shortened, without EMA or compile,
+    for `nfnet_s0` (the model with a batch-norm twin; the studies in docs/results.md use it)."""
+    return preset("fmnist", model="nfnet_s0", epochs=epochs, ema_decay=0.0, compile=False,
+                  tta_flip=False)
 
 
 BN_FIELDS = ["model", "augmentation", "seed", "batch_size", "epoch", "seconds", "val_top1",
@@ -104,8 +106,16 @@ def nf_vs_bn(base, out_csv, seeds=None, augmentations=("on",), bn_lr=None, progr
     `bn_lr` if given), with and/or without augmentation, once per seed. Rows: one per run and
     epoch with the cumulative training seconds; the last row of each run carries its test and
     training-set accuracy, their gap, and each model's train-step time and peak training memory
-    (measured once per model). Runs already in `out_csv` are skipped. Returns all rows."""
+    (measured once per model). Runs already in `out_csv` are skipped, and when none is left
+    nothing is measured. Returns all rows."""
     names = [base.model, bn_twin_name(base.model)]
+    rows = read_study_rows(out_csv)
+    done = {(r["model"], r["augmentation"], r["seed"]) for r in rows if r["test_top1"] is not None}
+    pending = [(seed, augmentation, name) for seed in seeds or [base.seed]
+               for augmentation in augmentations for name in names
+               if (name, augmentation, seed) not in done]
+    if not pending:
+        return rows
     if base.threads:  # the step timing below runs before `train` would set them
         torch.set_num_threads(base.threads)
     clip_factors = {name: recipe_for(base, name, "on").clip_factor for name in names}
@@ -113,36 +123,30 @@ def nf_vs_bn(base, out_csv, seeds=None, augmentations=("on",), bn_lr=None, progr
     size = base.image_size or create_model(base.model).cfg.train_size
     memory = {name: train_peak_memory(name, size, base.batch_size)["peak_rss_mb"]
               for name in names}
-    rows = read_study_rows(out_csv)
-    done = {(r["model"], r["augmentation"], r["seed"]) for r in rows if r["test_top1"] is not None}
     with tempfile.TemporaryDirectory() as scratch:
-        for seed in seeds or [base.seed]:
-            for augmentation in augmentations:
-                for name in names:
-                    if (name, augmentation, seed) in done:
-                        continue
-                    cfg = replace(recipe_for(base, name, augmentation, bn_lr), seed=seed,
-                                  progress=False, out_dir=str(Path(scratch) / f"{name}-{seed}"
-                                                              f"-{augmentation}"))
-                    measured = run_and_measure(cfg)
-                    seconds, run_rows = 0.0, []
-                    for m in read_metrics(Path(cfg.out_dir) / "metrics.csv"):
-                        seconds += m["epoch_seconds"]
-                        run_rows.append({**dict.fromkeys(BN_FIELDS), "model": name,
-                                         "augmentation": augmentation, "seed": seed,
-                                         "batch_size": cfg.batch_size, "epoch": int(m["epoch"]),
-                                         "seconds": round(seconds, 3), "val_top1": m["val_acc"]})
-                    run_rows[-1].update(
-                        test_top1=measured["test_top1"], train_top1=measured["train_top1"],
-                        gap=round(measured["train_top1"] - measured["test_top1"], 3),
-                        step_ms=step_ms[name], peak_rss_mb=memory[name])
-                    rows += run_rows
-                    progress(f"{name}, augmentation {augmentation}, seed {seed}: test "
-                             f"{measured['test_top1']:.2f}%, train − test "
-                             f"{run_rows[-1]['gap']:+.2f} after {cfg.epochs} epochs, "
-                             f"{seconds:.0f} s, {step_ms[name]:.1f} ms a step, "
-                             f"{memory[name]} MB peak")
-                    write_csv(out_csv, BN_FIELDS, rows)
+        for seed, augmentation, name in pending:
+            cfg = replace(recipe_for(base, name, augmentation, bn_lr), seed=seed,
+                          progress=False, out_dir=str(Path(scratch) / f"{name}-{seed}"
+                                                      f"-{augmentation}"))
+            measured = run_and_measure(cfg)
+            seconds, run_rows = 0.0, []
+            for m in read_metrics(Path(cfg.out_dir) / "metrics.csv"):
+                seconds += m["epoch_seconds"]
+                run_rows.append({**dict.fromkeys(BN_FIELDS), "model": name,
+                                 "augmentation": augmentation, "seed": seed,
+                                 "batch_size": cfg.batch_size, "epoch": int(m["epoch"]),
+                                 "seconds": round(seconds, 3), "val_top1": m["val_acc"]})
+            run_rows[-1].update(
+                test_top1=measured["test_top1"], train_top1=measured["train_top1"],
+                gap=round(measured["train_top1"] - measured["test_top1"], 3),
+                step_ms=step_ms[name], peak_rss_mb=memory[name])
+            rows += run_rows
+            progress(f"{name}, augmentation {augmentation}, seed {seed}: test "
+                     f"{measured['test_top1']:.2f}%, train − test "
+                     f"{run_rows[-1]['gap']:+.2f} after {cfg.epochs} epochs, "
+                     f"{seconds:.0f} s, {step_ms[name]:.1f} ms a step, "
+                     f"{memory[name]} MB peak")
+            write_csv(out_csv, BN_FIELDS, rows)
     return rows
 
 
@@ -167,30 +171,43 @@ def _step_times(cfg, clip_factors, repeats=20):
 
 
 def plot_nf_vs_bn(rows, path, title):
-    """Validation accuracy against epoch and against training seconds, the mean over seeds with
-    their std as error bars (colour: model; dashed: without augmentation)."""
-    fig, (by_epoch, by_time) = pyplot().subplots(1, 2, figsize=(10, 3.8))
-    per_epoch = ["model", "augmentation", "epoch"]
-    validated = [r for r in rows if r["val_top1"] is not None]
-    val, seconds = (summarise(validated, per_epoch, v) for v in ("val_top1", "seconds"))
+    """Three panels, means over seeds with their std as error bars: test top-1 and the
+    train − test gap per augmentation setting (one marker per model), and validation accuracy
+    against training seconds (colour: model; dashed, square markers: without augmentation)."""
+    fig, (test_ax, gap_ax, by_time) = pyplot().subplots(1, 3, figsize=(13, 3.8))
     finished = [r for r in rows if r["test_top1"] is not None]
-    test, step_ms = (summarise(finished, ["model", "augmentation"], v)
-                     for v in ("test_top1", "step_ms"))
-    colours = {}
+    runs = ["model", "augmentation"]
+    test, gap, step_ms = (summarise(finished, runs, v) for v in ("test_top1", "gap", "step_ms"))
+    colours = {model: f"C{i}" for i, model in enumerate(dict.fromkeys(k[0] for k in test))}
+    labels = {m: f"{m} ({step_ms[(m, a)][0]:.0f} ms/step)" for m, a in step_ms}  # one per model
+    _per_augmentation(test_ax, test, colours, labels, "test top-1 (%)")
+    _per_augmentation(gap_ax, gap, colours, labels, "train − test (points)")
+    validated = [r for r in rows if r["val_top1"] is not None]
+    val, seconds = (summarise(validated, [*runs, "epoch"], v) for v in ("val_top1", "seconds"))
     for run in dict.fromkeys(k[:2] for k in val):
         epochs = sorted(k[2] for k in val if k[:2] == run)
         mean, std = zip(*(val[(*run, e)][:2] for e in epochs))
-        style = dict(yerr=std, marker="o", capsize=3, linestyle="-" if run[1] == "on" else "--",
-                     color=colours.setdefault(run[0], f"C{len(colours)}"),
-                     label=f"{run[0]}, augmentation {run[1]} (test {test[run][0]:.2f}%, "
-                           f"{test[run][2]} seed{'s' * (test[run][2] > 1)}, "
-                           f"{step_ms[run][0]:.0f} ms/step)")
-        by_epoch.errorbar(epochs, mean, **style)
-        by_time.errorbar([seconds[(*run, e)][0] for e in epochs], mean, **style)
-    by_epoch.set(xlabel="epoch", ylabel="validation top-1 (%)")
+        by_time.errorbar([seconds[(*run, e)][0] for e in epochs], mean, yerr=std, capsize=3,
+                         marker="o" if run[1] == "on" else "s", color=colours[run[0]],
+                         linestyle="-" if run[1] == "on" else "--")
     by_time.set(xlabel="training seconds", ylabel="validation top-1 (%)")
-    for ax in (by_epoch, by_time):
-        ax.grid(alpha=0.3)
-    by_epoch.legend(fontsize=7, loc="lower right")
-    fig.suptitle(title)
+    by_time.grid(alpha=0.3)
+    test_ax.legend(fontsize=7)
+    seeds = max(n for _, _, n in test.values())
+    fig.suptitle(f"{title} ({seeds} seed{'s' * (seeds > 1)})")
     save_figure(fig, path, bbox_inches="tight")
+
+
+def _per_augmentation(ax, stats, colours, labels, ylabel):
+    """`stats` ({(model, augmentation): (mean, std, n)}) as error bars, one column per
+    augmentation setting ("on" first), the models side by side within it."""
+    augmentations = sorted({a for _, a in stats}, reverse=True)
+    for i, model in enumerate(colours):
+        cells = [a for a in augmentations if (model, a) in stats]
+        offset = 0.1 * (i - (len(colours) - 1) / 2)
+        ax.errorbar([augmentations.index(a) + offset for a in cells],
+                    [stats[(model, a)][0] for a in cells], [stats[(model, a)][1] for a in cells],
+                    fmt="o", capsize=3, color=colours[model], label=labels[model])
+    ax.set(xticks=range(len(augmentations)), xlim=(-0.5, len(augmentations) - 0.5),
+           xticklabels=[f"augmentation {a}" for a in augmentations], ylabel=ylabel)
+    ax.grid(alpha=0.3)
