@@ -58,6 +58,30 @@ def test_plan_is_the_most_steps_that_fit():
         budget.plan_steps(20, 10, 25, 100, 2, 0.1, 5, 3, 2)
 
 
+def test_a_budget_an_earlier_run_measured_too_small_is_refused_before_data_is_read(
+        tmp_path, monkeypatch):
+    monkeypatch.setattr(budget.StepTimer, "seconds_per_step", lambda self: 0.5)
+    cfg = preset("debug", time_budget="40s", progress=False, out_dir=str(tmp_path / "first"))
+    train(cfg)  # plans ~50 steps of 0.5 s: records the speed of these settings
+    [measured] = json.loads(budget.speed_record_path().read_text()).values()
+    assert measured["step_ms"] == 500 and measured["steps_per_epoch"] == 12
+    loop = importlib.import_module("normfree.training.loop")
+
+    def read_data(*args):
+        raise AssertionError("the data was read")
+    monkeypatch.setattr(loop, "build_run", read_data)
+    # 12 steps of 0.525 s, validation, test and 10 s + 3 % kept: more than 12 s
+    for seed in (0, 1):  # the seed does not change the speed
+        with pytest.raises(ConfigError, match=r"--time-budget 0m12s is too small for one epoch.*"
+                           r"smallest budget that works is about 0m1\ds \(measured by an "
+                           r"earlier run"):
+            train(replace(cfg, time_budget="12s", seed=seed, out_dir=str(tmp_path / "second")))
+    assert not (tmp_path / "second").exists()
+    procs = loop.distributed.Processes()
+    assert budget.speed_key(cfg, procs) == budget.speed_key(replace(cfg, seed=5, lr=1.0), procs)
+    assert budget.speed_key(cfg, procs) != budget.speed_key(replace(cfg, batch_size=64), procs)
+
+
 def test_timer_measures_inside_the_warm_up():
     timer = budget.StepTimer(first_step=0, warmup_steps=429)  # fmnist: one epoch of warm-up
     assert (timer.start_step, timer.end_step) == (50, 200)

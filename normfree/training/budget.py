@@ -8,9 +8,15 @@ until the length is known.
 """
 
 import itertools
+import json
 import math
+import os
+import platform
 import time
 from dataclasses import replace
+from pathlib import Path
+
+import torch
 
 from ..errors import ConfigError
 from ..files import save_json
@@ -87,15 +93,7 @@ def budget_left(run):
 def plan_budget(run):
     """Fix a budgeted run's step count from its measured speed; rank 0 measures and decides,
     every rank takes its decision. The count goes into the config (and config.json)."""
-    plan = None
-    if run.procs.main:
-        try:
-            plan = measure_and_plan(run)
-        except ConfigError as e:
-            plan = {"error": str(e)}
-    plan = distributed.gather(run.procs, plan)[0]
-    if "error" in plan:
-        raise ConfigError(plan["error"])
+    plan = decided_by_main(run.procs, lambda: measure_and_plan(run))
     run.cfg, run.plan, run.timer = replace(run.cfg, steps=plan["steps"]), plan, None
     if run.procs.main:
         print(f"--time-budget {run.cfg.time_budget}: {plan['step_ms']:.1f} ms a step, "
@@ -106,21 +104,90 @@ def plan_budget(run):
 
 
 def measure_and_plan(run):
-    cfg = run.cfg
-    step_seconds = run.timer.seconds_per_step()
     per_image = evaluation_seconds_per_image(run, run.data.val or run.data.test)
     val_images = run.data.val.num_images if run.data.val else 0
-    validation = per_image * val_images * (2 if run.ema else 1)  # raw and EMA weights
-    test = per_image * run.data.test.num_images
-    budget = parse_duration(cfg.time_budget)
+    measured = {"step_ms": 1000 * run.timer.seconds_per_step(),
+                "validation_s": per_image * val_images * (2 if run.ema else 1),  # raw and EMA
+                "test_s": per_image * run.data.test.num_images,
+                "elapsed_s": time.time() - run.started, "planned_at_step": run.step,
+                "steps_per_epoch": run.steps_per_epoch}
+    budget = parse_duration(run.cfg.time_budget)
+    steps = steps_that_fit(measured, budget, run.cfg.eval_every)
+    remember_speed(run.cfg, run.procs, measured)
+    return {"steps": steps, **measured, "budget_s": budget}
+
+
+def steps_that_fit(measured, budget, eval_every):
+    """`plan_steps` for a measured start (`measure_and_plan`'s record) and a budget."""
     # On shared 2-core machines the steps after the timed stretch ran 3-4.5 % slower in every
     # 15-minute fmnist run measured (docs/results.md): plan with 5 % more a step. The reserve
     # holds the start-up before `run.started`, writing curves, weights and results, and a margin.
-    steps = plan_steps(budget, time.time() - run.started, run.step, run.steps_per_epoch,
-                       cfg.eval_every, 1.05 * step_seconds, validation, test,
-                       reserve=10.0 + 0.03 * budget)
-    return {"steps": steps, "step_ms": 1000 * step_seconds, "validation_s": validation,
-            "test_s": test, "budget_s": budget, "planned_at_step": run.step}
+    return plan_steps(budget, measured["elapsed_s"], measured["planned_at_step"],
+                      measured["steps_per_epoch"], eval_every,
+                      1.05 * measured["step_ms"] / 1000, measured["validation_s"],
+                      measured["test_s"], reserve=10.0 + 0.03 * budget)
+
+
+# The speed of the last budgeted run of each setting on this machine, so that a budget it shows
+# too small is refused before the next such run reads its data and compiles.
+def speed_record_path():
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(os.environ.get("NORMFREE_CACHE") or Path(cache) / "normfree") / "speeds.json"
+
+
+# What does not change how long a step, a validation or the start-up takes.
+_NOT_SPEED = {"seed", "out_dir", "resume", "time_budget", "epochs", "steps", "progress",
+              "tensorboard", "checkpoint_every", "lr", "momentum", "weight_decay",
+              "warmup_epochs", "label_smoothing"}
+
+
+def speed_key(cfg, procs):
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_SPEED}
+    return json.dumps([platform.node(), torch.get_num_threads(), procs.world_size, settings],
+                      sort_keys=True, default=str)
+
+
+def _speed_records():
+    try:
+        records = json.loads(speed_record_path().read_text())
+    except (OSError, ValueError):  # none yet, or unreadable: only the early check is lost
+        return {}
+    return records if isinstance(records, dict) else {}
+
+
+def remember_speed(cfg, procs, measured):
+    try:
+        save_json(speed_record_path(), {**_speed_records(), speed_key(cfg, procs): measured})
+    except OSError:  # a read-only home must not stop the run
+        pass
+
+
+def refuse_known_too_small(cfg, procs):
+    """Before any data is read: raise `ConfigError` (with the smallest budget that works) if an
+    earlier run of the same settings on this machine measured that `cfg.time_budget` cannot fit
+    one epoch."""
+    def check():
+        measured = _speed_records().get(speed_key(cfg, procs))
+        if measured:
+            try:
+                steps_that_fit(measured, parse_duration(cfg.time_budget), cfg.eval_every)
+            except ConfigError as e:
+                raise ConfigError(f"{e} (measured by an earlier run of these settings)") from None
+    decided_by_main(procs, check)
+
+
+def decided_by_main(procs, decide):
+    """`decide()`'s result on rank 0, or its `ConfigError`, raised on every rank alike."""
+    outcome = None
+    if procs.main:
+        try:
+            outcome = {"value": decide()}
+        except ConfigError as e:
+            outcome = {"error": str(e)}
+    outcome = distributed.gather(procs, outcome)[0]
+    if "error" in outcome:
+        raise ConfigError(outcome["error"])
+    return outcome["value"]
 
 
 def evaluation_seconds_per_image(run, batches, count=2):

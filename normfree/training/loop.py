@@ -25,7 +25,7 @@ from ..files import save_json
 from ..runtime import machine_info
 from ..weights.metadata import check_layout, export_weights, layout_of
 from . import distributed
-from .budget import StepTimer, budget_left, plan_budget
+from .budget import StepTimer, budget_left, plan_budget, refuse_known_too_small
 from .checkpoints import load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from .config import TrainConfig, describe, from_dict, to_dict
 from .logs import EpochTally, MetricsLog, plot_curves
@@ -107,6 +107,8 @@ def _train(cfg, procs, device):
     path = out / "checkpoint.pt"
     state = load_checkpoint(path, map_location=device) if cfg.resume and path.is_file() else None
     cfg, source = resolve_config(cfg, device, state and state["config"])
+    if cfg.time_budget and not cfg.steps:
+        refuse_known_too_small(cfg, procs)
     run = build_run(cfg, started, procs, device, out, source)  # reads the data: checks it
     if state is not None:
         restore(run, state, path)
