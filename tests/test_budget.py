@@ -84,7 +84,9 @@ def test_a_budget_an_earlier_run_measured_too_small_is_refused_before_data_is_re
 
 def test_timer_measures_inside_the_warm_up():
     timer = budget.StepTimer(first_step=0, warmup_steps=429)  # fmnist: one epoch of warm-up
-    assert (timer.start_step, timer.end_step) == (50, 200)
+    assert (timer.start_step, timer.end_step) == (107, 429)
+    timer = budget.StepTimer(first_step=0, warmup_steps=5 * 1251)  # a long warm-up
+    assert (timer.start_step, timer.end_step) == (125, 500)
     timer = budget.StepTimer(first_step=0, warmup_steps=36)
     assert (timer.start_step, timer.end_step) == (9, 36)
     timer = budget.StepTimer(first_step=100, warmup_steps=6)  # resumed after a short warm-up

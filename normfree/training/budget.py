@@ -31,11 +31,12 @@ def describe_seconds(seconds):
 
 class StepTimer:
     """Times a stretch of this process's steps: from a quarter of the way (compiling and the
-    first slow steps are not counted) to the end of the warm-up, 25 to 200 steps after the
-    first, so that the length is known while the rate does not yet depend on it."""
+    first slow steps are not counted) to the end of the warm-up, 25 to 500 steps after the
+    first, so that the length is known while the rate does not yet depend on it. The longer
+    the stretch, the less a slow minute of a shared machine skews the plan."""
 
     def __init__(self, first_step, warmup_steps):
-        span = min(max(warmup_steps - first_step, 25), 200)
+        span = min(max(warmup_steps - first_step, 25), 500)
         self.start_step = first_step + max(5, span // 4)
         self.end_step = first_step + span
         self.started = None
