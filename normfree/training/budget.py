@@ -157,8 +157,10 @@ def _speed_records():
 
 
 def remember_speed(cfg, procs, measured):
+    path = speed_record_path()
     try:
-        save_json(speed_record_path(), {**_speed_records(), speed_key(cfg, procs): measured})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_json(path, {**_speed_records(), speed_key(cfg, procs): measured})
     except OSError:  # a read-only home must not stop the run
         pass
 
