@@ -4,6 +4,7 @@ as a run of the planned number of steps, bit for bit."""
 import importlib
 import json
 import random
+import time
 from dataclasses import replace
 
 import pytest
@@ -81,6 +82,15 @@ def test_a_budget_an_earlier_run_measured_too_small_is_refused_before_data_is_re
     procs = loop.distributed.Processes()
     assert budget.speed_key(cfg, procs) == budget.speed_key(replace(cfg, seed=5, lr=1.0), procs)
     assert budget.speed_key(cfg, procs) != budget.speed_key(replace(cfg, batch_size=64), procs)
+
+
+def test_the_step_time_does_not_count_the_timing_of_evaluation(tmp_path, monkeypatch):
+    def slow_evaluation(*args):
+        time.sleep(2.0)  # ~100 ms over each of the 19 timed steps, were it counted
+        return 1e-3
+    monkeypatch.setattr(budget, "evaluation_seconds_per_image", slow_evaluation)
+    result = train(preset("debug", time_budget="60s", progress=False, out_dir=str(tmp_path)))
+    assert result["budget"]["planned_at_step"] == 25 and result["budget"]["step_ms"] < 80
 
 
 def test_timer_measures_inside_the_warm_up():

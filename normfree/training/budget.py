@@ -105,9 +105,10 @@ def plan_budget(run):
 
 
 def measure_and_plan(run):
+    step_ms = 1000 * run.timer.seconds_per_step()  # first: the timing of evaluation is not a step
     per_image = evaluation_seconds_per_image(run, run.data.val or run.data.test)
     val_images = run.data.val.num_images if run.data.val else 0
-    measured = {"step_ms": 1000 * run.timer.seconds_per_step(),
+    measured = {"step_ms": step_ms,
                 "validation_s": per_image * val_images * (2 if run.ema else 1),  # raw and EMA
                 "test_s": per_image * run.data.test.num_images,
                 "elapsed_s": time.time() - run.started, "planned_at_step": run.step,
