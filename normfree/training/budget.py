@@ -121,9 +121,10 @@ def measure_and_plan(run):
 
 def steps_that_fit(measured, budget, eval_every):
     """`plan_steps` for a measured start (`measure_and_plan`'s record) and a budget."""
-    # On shared 2-core machines the steps after the timed stretch ran 3-4.5 % slower in every
-    # 15-minute fmnist run measured (docs/results.md): plan with 5 % more a step. The reserve
-    # holds the start-up before `run.started`, writing curves, weights and results, and a margin.
+    # On shared 2-core machines the steps after the timed stretch ran from 4.5 % slower to 30 %
+    # faster than timed (docs/benchmarks.md): plan with 5 % more a step, so that the slow side
+    # still fits. The reserve holds the start-up before `run.started`, writing curves, weights
+    # and results, and a margin.
     return plan_steps(budget, measured["elapsed_s"], measured["planned_at_step"],
                       measured["steps_per_epoch"], eval_every,
                       1.05 * measured["step_ms"] / 1000, measured["validation_s"],
