@@ -1,5 +1,5 @@
-"""--time-budget: durations, the step plan, and a budgeted run that is stopped and resumed ends
-as a run of the planned number of steps, bit for bit."""
+"""--time-budget: durations, the step plan and the plans after it, and a budgeted run that is
+stopped and resumed ends as an uninterrupted one, bit for bit."""
 
 import importlib
 import json
@@ -15,6 +15,7 @@ from normfree.training import budget
 from normfree.training.checkpoints import load_checkpoint
 from normfree.training.config import TrainConfig, parse_duration, preset
 from normfree.training.loop import train
+from normfree.training.optim import lr_at
 
 from test_user_errors import assert_refused, cli
 
@@ -94,43 +95,85 @@ def test_the_step_time_does_not_count_the_timing_of_evaluation(tmp_path, monkeyp
 
 
 def test_timer_measures_inside_the_warm_up():
-    timer = budget.StepTimer(first_step=0, warmup_steps=429)  # fmnist: one epoch of warm-up
+    timer = budget.StepTimer.in_warmup(0, warmup_steps=429)  # fmnist: one epoch of warm-up
     assert (timer.start_step, timer.end_step) == (107, 429)
-    timer = budget.StepTimer(first_step=0, warmup_steps=5 * 1251)  # a long warm-up
+    timer = budget.StepTimer.in_warmup(0, warmup_steps=5 * 1251)  # a long warm-up
     assert (timer.start_step, timer.end_step) == (125, 500)
-    timer = budget.StepTimer(first_step=0, warmup_steps=36)
+    timer = budget.StepTimer.in_warmup(0, warmup_steps=36)
     assert (timer.start_step, timer.end_step) == (9, 36)
-    timer = budget.StepTimer(first_step=100, warmup_steps=6)  # resumed after a short warm-up
+    timer = budget.StepTimer.in_warmup(100, warmup_steps=6)  # resumed after a short warm-up
     assert (timer.start_step, timer.end_step) == (106, 125)
 
 
-def test_budgeted_run_stopped_and_resumed_equals_a_run_of_its_steps(tmp_path, monkeypatch):
-    # a fixed step time, so that the plan does not depend on how busy the machine is; the
-    # budget leaves room for a slow start (compile, data) on a loaded machine
-    monkeypatch.setattr(budget.StepTimer, "seconds_per_step", lambda self: 0.5)
+FIRST_PLAN = {"steps": 1000, "budget_s": 100, "steps_per_epoch": 100, "validation_s": 1.0,
+              "test_s": 1.0, "step_ms": 100.0, "elapsed_s": 10.0, "planned_at_step": 50}
+
+
+def test_planning_again_follows_the_machine_and_keeps_the_rate_continuous():
+    """At the end of epoch 3 (step 300; warm-up 100 steps; a validation every 2nd epoch, 1 s,
+    the test 1 s, 13 s kept). Steps of 50 ms (52.5 counted) with 60 s left: 780 more steps
+    take 40.95 + 5 validations + 1 + 13 = 59.95 s, 781 would not fit. Steps of 200 ms with 20 s
+    left: 23 more (4.83 + 1 + 1 + 13 s). 5 s left: not even the test fits, the run ends now."""
+    faster = budget.planned_again(FIRST_PLAN, 300, 0.05, 40.0, 100, eval_every=2)
+    slower = budget.planned_again(FIRST_PLAN, 300, 0.2, 80.0, 100, eval_every=2)
+    late = budget.planned_again(FIRST_PLAN, 300, 0.2, 95.0, 100, eval_every=2)
+    assert (faster["steps"], slower["steps"], late["steps"]) == (1080, 323, 300)
+    for plan in (faster, slower):
+        assert plan["replans"] == [{"at_step": 300, "step_ms": plan["replans"][0]["step_ms"],
+                                    "elapsed_s": plan["replans"][0]["elapsed_s"],
+                                    "steps": plan["steps"]}]
+        # the rate at the step planned at is the old schedule's, then falls to 0 at the new end
+        assert lr_at(300, 0.2, 100, plan["steps"], plan["bend"]) == lr_at(300, 0.2, 100, 1000)
+        rates = [lr_at(s, 0.2, 100, plan["steps"], plan["bend"])
+                 for s in range(300, plan["steps"] + 1)]
+        assert all(b < a for a, b in zip(rates, rates[1:])) and rates[-1] == 0.0
+    # at step 500, 580 more steps take 30.45 + 4 validations + 1 + 13 s: with 48.5 s left the
+    # count stays and so does the plan; with 49.5 s left 20 more steps fit
+    assert budget.planned_again(faster, 500, 0.05, 51.5, 100, eval_every=2) is faster
+    again = budget.planned_again(faster, 500, 0.05, 50.5, 100, eval_every=2)
+    assert again["steps"] == 1100 and [r["at_step"] for r in again["replans"]] == [300, 500]
+    assert (lr_at(500, 0.2, 100, again["steps"], again["bend"])
+            == lr_at(500, 0.2, 100, faster["steps"], faster["bend"]))
+    # planned again in the warm-up: only the length changes
+    early = budget.planned_again(FIRST_PLAN, 100, 0.05, 40.0, 200, eval_every=2)
+    assert early["bend"] is None and early["steps"] == 880  # 780 more, as at step 300
+
+
+def test_budgeted_run_stopped_and_resumed_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+    # The clock is a function of the step, so that both runs time the same: the first plan
+    # from 0.5 s a step (at step 36, the end of the warm-up), then the epochs run at 0.3 s and
+    # each plan after one lengthens the run. Real timings move; with equal ones the plans and
+    # the weights are equal, bit for bit, wherever the run was stopped.
+    monkeypatch.setattr(budget.StepTimer, "seconds_per_step",
+                        lambda self: 0.5 if self.start_step < 36 else 0.3)
+    monkeypatch.setattr(budget, "elapsed_seconds",
+                        lambda run: 5.0 + 0.5 * min(run.step, 36) + 0.3 * max(run.step - 36, 0))
+    monkeypatch.setattr(budget, "evaluation_seconds_per_image", lambda *args: 1e-4)
     loop = importlib.import_module("normfree.training.loop")
     real_save = loop.save_checkpoint
-    stop_at = random.Random(0).randrange(40, 70)  # after the plan (at step 36)
+    stop_at = random.Random(0).randrange(49, 80)  # after the first plan again (at step 48)
 
     def save_then_die(path, state):
         real_save(path, state)
         if state["step"] == stop_at:
             raise KeyboardInterrupt
     monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
-    cfg = preset("debug", epochs=16, time_budget="90s", warmup_epochs=3, checkpoint_every=1,
-                 progress=False, out_dir=str(tmp_path / "budget"))
+    cfg = preset("debug", time_budget="60s", warmup_epochs=3, checkpoint_every=1,
+                 progress=False, out_dir=str(tmp_path / "stopped"))
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
-    planned = json.loads((tmp_path / "budget" / "config.json").read_text())["steps"]
-    stopped = load_checkpoint(tmp_path / "budget" / "checkpoint.pt")
-    assert stopped["step"] == stop_at < planned and stopped["budget"]["planned_at_step"] == 36
+    stopped = load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")
+    assert stopped["step"] == stop_at and stopped["budget"]["planned_at_step"] == 36
+    assert stopped["budget"]["replans"][0]["at_step"] == 48
     monkeypatch.setattr(loop, "save_checkpoint", real_save)
-    resumed = train(replace(cfg, resume=True))  # does not measure again
-    assert resumed["steps"] == planned and resumed["budget"]["steps"] == planned
-    straight = train(replace(cfg, time_budget=None, steps=planned, checkpoint_every=0,
-                             out_dir=str(tmp_path / "steps")))
-    assert straight["steps"] == planned
-    a = load_checkpoint(tmp_path / "budget" / "checkpoint.pt")
-    b = load_checkpoint(tmp_path / "steps" / "checkpoint.pt")
+    resumed = train(replace(cfg, resume=True))  # does not measure the first plan again
+    straight = train(replace(cfg, checkpoint_every=0, out_dir=str(tmp_path / "straight")))
+    assert resumed["budget"] == straight["budget"] and resumed["steps"] == straight["steps"]
+    replans = straight["budget"]["replans"]
+    assert len(replans) >= 3 and replans[-1]["steps"] > replans[0]["steps"] > straight[
+        "budget"]["planned_at_step"]
+    assert straight["steps"] == replans[-1]["steps"]
+    a = load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")
+    b = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
     for part in ("model", "ema"):
         assert all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part

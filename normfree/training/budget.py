@@ -1,10 +1,15 @@
 """A wall-clock budget for a run (`--time-budget 15m`): after the first steps the run measures
 its step time and evaluation speed, then fixes how many steps fit, so that training, every
 validation and the final test end within the budget. The warm-up + cosine schedule is laid over
-exactly those steps; the count is stored in the run's config (`steps`), so a resumed run keeps
-it instead of measuring again. A budgeted run equals a run of that many `--steps` when the
-measured steps fall in the warm-up (as in the presets); after it the rate is held at its peak
-until the length is known.
+exactly those steps; the count is stored in the run's config (`steps`). The presets time steps
+in the warm-up, whose rate does not depend on the length; were the timing to end after it, the
+rate would be held at its peak until the length is known.
+
+A shared machine's speed moves by minutes (docs/benchmarks.md), so a plan made once leaves
+minutes unused or overruns. At the end of every later epoch but the last the run plans again
+from how fast that epoch ran and the time left, and lays the rest of the cosine over the new
+length from where it has got to, so the rate stays continuous. Every plan is kept in the
+checkpoint: `--resume` continues from the last one, and plans on like an uninterrupted run.
 """
 
 import itertools
@@ -22,6 +27,7 @@ from ..errors import ConfigError
 from ..files import save_json
 from . import distributed
 from .config import parse_duration, to_dict
+from .optim import cosine_progress
 from .runs import evaluate_as_configured
 
 def describe_seconds(seconds):
@@ -30,16 +36,32 @@ def describe_seconds(seconds):
 
 
 class StepTimer:
-    """Times a stretch of this process's steps: from a quarter of the way (compiling and the
-    first slow steps are not counted) to the end of the warm-up, 25 to 500 steps after the
-    first, so that the length is known while the rate does not yet depend on it. The longer
-    the stretch, the less a slow minute of a shared machine skews the plan."""
+    """Times this process's steps from just after `start_step` to `end_step`."""
 
-    def __init__(self, first_step, warmup_steps):
-        span = min(max(warmup_steps - first_step, 25), 500)
-        self.start_step = first_step + max(5, span // 4)
-        self.end_step = first_step + span
+    def __init__(self, start_step, end_step):
+        self.start_step, self.end_step = start_step, end_step
         self.started = None
+
+    @classmethod
+    def in_warmup(cls, first_step, warmup_steps):
+        """The stretch the first plan is made from: from a quarter of the way (compiling and the
+        first slow steps are not counted) to the end of the warm-up, 25 to 500 steps after the
+        first, so that the length is known while the rate does not yet depend on it. The
+        longer the stretch, the less a slow minute of a shared machine skews the plan."""
+        span = min(max(warmup_steps - first_step, 25), 500)
+        return cls(first_step + max(5, span // 4), first_step + span)
+
+    @classmethod
+    def rest_of_epoch(cls, run, epoch):
+        """Times from now to the end of `epoch` (its first step and the start of its data
+        included: every epoch pays them), for planning again there; None in the run's last
+        epoch."""
+        end = (epoch + 1) * run.steps_per_epoch
+        if end >= run.total_steps:
+            return None
+        timer = cls(run.step, end)
+        timer.started = time.perf_counter()
+        return timer
 
     def after_step(self, step):
         """Call after every step; True once the measured steps are done."""
@@ -62,7 +84,8 @@ def plan_steps(budget, elapsed, step, steps_per_epoch, eval_every, step_seconds,
     (seconds for writing the results) fit in `budget` seconds, `elapsed` of which are spent
     after `step` steps. Raises `ConfigError` with the smallest budget that works when not even
     one epoch fits."""
-    done = validations(step // steps_per_epoch, eval_every)  # already in `elapsed`
+    # in `elapsed` already: the periodic validations before the epoch that ends with `step`
+    done = max(step - 1, 0) // steps_per_epoch // eval_every
 
     def seconds(total):
         epochs = math.ceil(total / steps_per_epoch)
@@ -83,25 +106,48 @@ def plan_steps(budget, elapsed, step, steps_per_epoch, eval_every, step_seconds,
     return fits
 
 
+def elapsed_seconds(run):
+    return time.time() - run.started
+
+
 def budget_left(run):
     """{"left": "12m34s"} for the progress bar of a budgeted run, else {}."""
     if not run.cfg.time_budget:
         return {}
-    left = parse_duration(run.cfg.time_budget) - (time.time() - run.started)
+    left = parse_duration(run.cfg.time_budget) - elapsed_seconds(run)
     return {"left": describe_seconds(max(left, 0))}
 
 
 def plan_budget(run):
-    """Fix a budgeted run's step count from its measured speed; rank 0 measures and decides,
-    every rank takes its decision. The count goes into the config (and config.json)."""
-    plan = decided_by_main(run.procs, lambda: measure_and_plan(run))
+    """Fix (or, after the first plan, fix again) a budgeted run's step count from its measured
+    speed; rank 0 measures and decides, every rank takes its decision. The count goes into the
+    config (and config.json)."""
+    first = run.plan is None
+    if first:
+        plan = decided_by_main(run.procs, lambda: measure_and_plan(run))
+    else:
+        step_seconds = run.timer.seconds_per_step()
+        plan = decided_by_main(run.procs, lambda: planned_again(
+            run.plan, run.step, step_seconds, elapsed_seconds(run), run.warmup_steps,
+            run.cfg.eval_every))
+    before = run.cfg.steps
     run.cfg, run.plan, run.timer = replace(run.cfg, steps=plan["steps"]), plan, None
-    if run.procs.main:
-        print(f"--time-budget {run.cfg.time_budget}: {plan['step_ms']:.1f} ms a step, "
-              f"{plan['validation_s']:.1f} s a validation, {plan['test_s']:.1f} s the test: "
-              f"training {plan['steps']} steps ({plan['steps'] / run.steps_per_epoch:.1f} "
-              "epochs) fits", flush=True)
-        save_json(run.out / "config.json", to_dict(run.cfg))
+    if not run.procs.main or plan["steps"] == before:
+        return
+    save_json(run.out / "config.json", to_dict(run.cfg))
+    if first or abs(plan["steps"] - before) >= 0.01 * before:  # not for every step it moves
+        print(f"--time-budget {run.cfg.time_budget}: {plan_summary(plan)}: training "
+              f"{plan['steps']} steps ({plan['steps'] / run.steps_per_epoch:.1f} epochs) fits",
+              flush=True)
+
+
+def plan_summary(plan):
+    again = plan.get("replans")
+    if again:
+        return (f"{again[-1]['step_ms']:.1f} ms a step in the last epoch, "
+                f"{describe_seconds(plan['budget_s'] - again[-1]['elapsed_s'])} left")
+    return (f"{plan['step_ms']:.1f} ms a step, {plan['validation_s']:.1f} s a validation, "
+            f"{plan['test_s']:.1f} s the test")
 
 
 def measure_and_plan(run):
@@ -111,12 +157,34 @@ def measure_and_plan(run):
     measured = {"step_ms": step_ms,
                 "validation_s": per_image * val_images * (2 if run.ema else 1),  # raw and EMA
                 "test_s": per_image * run.data.test.num_images,
-                "elapsed_s": time.time() - run.started, "planned_at_step": run.step,
+                "elapsed_s": elapsed_seconds(run), "planned_at_step": run.step,
                 "steps_per_epoch": run.steps_per_epoch}
     budget = parse_duration(run.cfg.time_budget)
     steps = steps_that_fit(measured, budget, run.cfg.eval_every)
     remember_speed(run.cfg, run.procs, measured)
     return {"steps": steps, **measured, "budget_s": budget}
+
+
+def planned_again(plan, step, step_seconds, elapsed, warmup_steps, eval_every):
+    """`plan` laid again at `step` (an epoch's end) from the step time since the last plan and
+    the time spent; the validation and test times stay as first measured. The rest of the
+    cosine is laid over the new length from the progress it has reached (its `bend`), so the
+    rate does not jump. When not even the epoch's validation and the test fit any more, the run
+    ends with this epoch."""
+    measured = {**plan, "step_ms": 1000 * step_seconds, "elapsed_s": elapsed,
+                "planned_at_step": step}
+    try:
+        steps = steps_that_fit(measured, plan["budget_s"], eval_every)
+    except ConfigError:
+        steps = step
+    if steps == plan["steps"]:
+        return plan
+    bend = plan.get("bend")
+    if step > warmup_steps:
+        bend = (step, cosine_progress(step, warmup_steps, plan["steps"], bend))
+    replans = plan.get("replans", []) + [{"at_step": step, "step_ms": 1000 * step_seconds,
+                                          "elapsed_s": elapsed, "steps": steps}]
+    return {**plan, "steps": steps, "bend": bend, "replans": replans}
 
 
 def steps_that_fit(measured, budget, eval_every):

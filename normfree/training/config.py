@@ -63,7 +63,8 @@ class TrainConfig:
     steps: Optional[int] = _flag(None, "optimizer steps in all, the last epoch possibly partial; "
                                  "none: epochs × steps an epoch")
     time_budget: Optional[str] = _flag(None, "wall-clock budget of the whole run (e.g. 15m, "
-                                       "2h): sets --steps after timing the first steps")
+                                       "2h): sets --steps after timing the first steps, and "
+                                       "again at each epoch's end")
     batch_size: int = _flag(128, "global batch, over all processes")
     eval_batch_size: int = _flag(500)
     optimizer: str = _flag("sgd", "sgd (Nesterov) | adamw")

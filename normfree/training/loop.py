@@ -56,7 +56,7 @@ class Run:
     step: int = 0
     epoch: int = 0
     selected: Optional[tuple] = None  # ("raw" or "ema", validation top-1) at the last validation
-    timer: Optional[StepTimer] = None  # times the first steps of a budgeted run
+    timer: Optional[StepTimer] = None  # times the steps a budgeted run plans from
     plan: Optional[dict] = None  # what a budgeted run measured and chose
 
     @property
@@ -75,11 +75,15 @@ class Run:
         total = self.total_steps
         return None if total is None else math.ceil(total / self.steps_per_epoch)
 
+    @property
+    def warmup_steps(self):
+        return round(self.cfg.warmup_epochs * self.steps_per_epoch)
+
     def lr(self):
         """The schedule's rate at this step (while the length is unknown: warm-up, then the
         peak rate)."""
-        return lr_at(self.step, self.cfg.lr, round(self.cfg.warmup_epochs * self.steps_per_epoch),
-                     self.total_steps or math.inf)
+        return lr_at(self.step, self.cfg.lr, self.warmup_steps, self.total_steps or math.inf,
+                     self.plan and self.plan.get("bend"))
 
 
 def train(cfg: TrainConfig):
@@ -118,7 +122,7 @@ def _train(cfg, procs, device):
         make_run_dir(out, run.cfg)  # only now, once everything has been checked
     announce(run)
     if run.total_steps is None:
-        run.timer = StepTimer(run.step, round(cfg.warmup_epochs * run.steps_per_epoch))
+        run.timer = StepTimer.in_warmup(run.step, run.warmup_steps)
     first, epoch = run.epoch, run.epoch
     with StopOnSignal() as stop:
         while run.num_epochs is None or epoch < run.num_epochs:
@@ -245,6 +249,8 @@ def train_epoch(run, epoch, stop, resumed=None):
         tally = EpochTally(**saved) if procs.main else EpochTally(saved["batches"])
         if len(resumed["rng"]) == procs.world_size:  # else: not bit-exact, same order
             set_rng_states(resumed["rng"][procs.rank])
+    if run.plan is not None:  # budgeted and planned: plan again at the end of this epoch
+        run.timer = StepTimer.rest_of_epoch(run, epoch)
     run.model.train()
     steps = min(run.steps_per_epoch, (run.total_steps or math.inf) - epoch * run.steps_per_epoch)
     bar = tqdm(run.data.train.iterate(tally.batches), total=steps, initial=tally.batches,
@@ -265,7 +271,7 @@ def train_epoch(run, epoch, stop, resumed=None):
         tally.add(loss, logits, labels, clipped)
         if run.timer is not None and run.timer.after_step(run.step):
             plan_budget(run)
-            bar.total = min(run.steps_per_epoch, run.total_steps)
+            bar.total = min(run.steps_per_epoch, run.total_steps - epoch * run.steps_per_epoch)
         bar.set_postfix(loss=f"{tally.loss_sum / tally.seen:.3f}", lr=f"{lr:.3g}",
                         **budget_left(run))
         last = run.step == run.total_steps

@@ -17,12 +17,21 @@ from ..errors import ConfigError, TrainingDiverged
 from .agc import clip_param_groups_, param_groups
 
 
-def lr_at(step, base_lr, warmup_steps, total_steps):
-    """Linear warm-up from 0 over `warmup_steps`, then cosine decay to 0 at `total_steps`."""
+def cosine_progress(step, warmup_steps, total_steps, bend=None):
+    """How far the cosine has got at `step` after the warm-up: 0 at its start, 1 at
+    `total_steps`. `bend` = (step, progress), at or after the warm-up: where a budgeted run laid
+    the rest of its cosine over a new length; from there progress runs on linearly to 1."""
+    start, done = bend or (warmup_steps, 0.0)
+    return min(done + (1.0 - done) * (step - start) / max(total_steps - start, 1), 1.0)
+
+
+def lr_at(step, base_lr, warmup_steps, total_steps, bend=None):
+    """Linear warm-up from 0 over `warmup_steps`, then cosine decay to 0 at `total_steps`
+    (through `bend`, see `cosine_progress`)."""
     if step < warmup_steps:
         return base_lr * step / warmup_steps
-    progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-    return base_lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    progress = cosine_progress(step, warmup_steps, total_steps, bend)
+    return base_lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class EMA:
