@@ -13,7 +13,7 @@ import torch
 from normfree.errors import ConfigError
 from normfree.training import budget
 from normfree.training.checkpoints import load_checkpoint
-from normfree.training.config import TrainConfig, parse_duration, preset
+from normfree.training.config import TrainConfig, describe, parse_duration, preset
 from normfree.training.loop import train
 from normfree.training.optim import lr_at
 
@@ -49,6 +49,9 @@ def test_the_fmnist_presets_are_budgets_that_a_given_length_replaces():
         assert cfg.time_budget is None and (cfg.epochs, cfg.steps) == (
             length.get("epochs", cfg.epochs), length.get("steps"))
     assert preset("fmnist", time_budget="5m").time_budget == "5m"
+    # a budgeted run does not show an --epochs it does not use
+    assert "--epochs" in describe(preset("debug")) and "--epochs" not in describe(
+        preset("debug", time_budget="5m"))
 
 
 def test_plan_is_the_most_steps_that_fit():
