@@ -16,6 +16,7 @@ from normfree.training.checkpoints import load_checkpoint
 from normfree.training.config import TrainConfig, describe, parse_duration, preset
 from normfree.training.loop import train
 from normfree.training.optim import lr_at
+from normfree.training.resizing import is_small
 
 from test_user_errors import assert_refused, cli
 
@@ -110,6 +111,7 @@ def test_timer_measures_inside_the_warm_up():
 
 FIRST_PLAN = {"steps": 1000, "budget_s": 100, "steps_per_epoch": 100, "validation_s": 1.0,
               "test_s": 1.0, "step_ms": 100.0, "elapsed_s": 10.0, "planned_at_step": 50}
+EVERY_2ND = TrainConfig(eval_every=2, warmup_epochs=1)  # 100 steps of warm-up
 
 
 def test_planning_again_follows_the_machine_and_keeps_the_rate_continuous():
@@ -117,9 +119,9 @@ def test_planning_again_follows_the_machine_and_keeps_the_rate_continuous():
     the test 1 s, 13 s kept). Steps of 50 ms (52.5 counted) with 60 s left: 780 more steps
     take 40.95 + 5 validations + 1 + 13 = 59.95 s, 781 would not fit. Steps of 200 ms with 20 s
     left: 23 more (4.83 + 1 + 1 + 13 s). 5 s left: not even the test fits, the run ends now."""
-    faster = budget.planned_again(FIRST_PLAN, 300, 0.05, 40.0, 100, eval_every=2)
-    slower = budget.planned_again(FIRST_PLAN, 300, 0.2, 80.0, 100, eval_every=2)
-    late = budget.planned_again(FIRST_PLAN, 300, 0.2, 95.0, 100, eval_every=2)
+    faster = budget.planned_again(FIRST_PLAN, 300, 0.05, 40.0, EVERY_2ND)
+    slower = budget.planned_again(FIRST_PLAN, 300, 0.2, 80.0, EVERY_2ND)
+    late = budget.planned_again(FIRST_PLAN, 300, 0.2, 95.0, EVERY_2ND)
     assert (faster["steps"], slower["steps"], late["steps"]) == (1080, 323, 300)
     for plan in (faster, slower):
         assert plan["replans"] == [{"at_step": 300, "step_ms": plan["replans"][0]["step_ms"],
@@ -132,21 +134,25 @@ def test_planning_again_follows_the_machine_and_keeps_the_rate_continuous():
         assert all(b < a for a, b in zip(rates, rates[1:])) and rates[-1] == 0.0
     # at step 500, 580 more steps take 30.45 + 4 validations + 1 + 13 s: with 48.5 s left the
     # count stays and so does the plan; with 49.5 s left 20 more steps fit
-    assert budget.planned_again(faster, 500, 0.05, 51.5, 100, eval_every=2) is faster
-    again = budget.planned_again(faster, 500, 0.05, 50.5, 100, eval_every=2)
+    assert budget.planned_again(faster, 500, 0.05, 51.5, EVERY_2ND) is faster
+    again = budget.planned_again(faster, 500, 0.05, 50.5, EVERY_2ND)
     assert again["steps"] == 1100 and [r["at_step"] for r in again["replans"]] == [300, 500]
     assert (lr_at(500, 0.2, 100, again["steps"], again["bend"])
             == lr_at(500, 0.2, 100, faster["steps"], faster["bend"]))
     # planned again in the warm-up: only the length changes
-    early = budget.planned_again(FIRST_PLAN, 100, 0.05, 40.0, 200, eval_every=2)
+    early = budget.planned_again(FIRST_PLAN, 100, 0.05, 40.0,
+                                  replace(EVERY_2ND, warmup_epochs=2))
     assert early["bend"] is None and early["steps"] == 880  # 780 more, as at step 300
 
 
-def test_budgeted_run_stopped_and_resumed_equals_an_uninterrupted_one(tmp_path, monkeypatch):
+@pytest.mark.parametrize("small_image_scale", [None, 0.5])
+def test_budgeted_run_stopped_and_resumed_equals_an_uninterrupted_one(tmp_path, monkeypatch,
+                                                                      small_image_scale):
     # The clock is a function of the step, so that both runs time the same: the first plan
     # from 0.5 s a step (at step 36, the end of the warm-up), then the epochs run at 0.3 s and
     # each plan after one lengthens the run. Real timings move; with equal ones the plans and
-    # the weights are equal, bit for bit, wherever the run was stopped.
+    # the weights are equal, bit for bit, wherever the run was stopped; with progressive
+    # resizing too, whose switch moves with the plans.
     monkeypatch.setattr(budget.StepTimer, "seconds_per_step",
                         lambda self: 0.5 if self.start_step < 36 else 0.3)
     monkeypatch.setattr(budget, "elapsed_seconds",
@@ -162,7 +168,8 @@ def test_budgeted_run_stopped_and_resumed_equals_an_uninterrupted_one(tmp_path, 
             raise KeyboardInterrupt
     monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
     cfg = preset("debug", time_budget="60s", warmup_epochs=3, checkpoint_every=1,
-                 progress=False, out_dir=str(tmp_path / "stopped"))
+                 small_image_scale=small_image_scale, small_image_until=0.5, progress=False,
+                 out_dir=str(tmp_path / "stopped"))
     with pytest.raises(KeyboardInterrupt):
         train(cfg)
     stopped = load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")
@@ -173,9 +180,14 @@ def test_budgeted_run_stopped_and_resumed_equals_an_uninterrupted_one(tmp_path, 
     straight = train(replace(cfg, checkpoint_every=0, out_dir=str(tmp_path / "straight")))
     assert resumed["budget"] == straight["budget"] and resumed["steps"] == straight["steps"]
     replans = straight["budget"]["replans"]
-    assert len(replans) >= 3 and replans[-1]["steps"] > replans[0]["steps"] > straight[
-        "budget"]["planned_at_step"]
-    assert straight["steps"] == replans[-1]["steps"]
+    assert len(replans) >= 3 and straight["steps"] == replans[-1]["steps"]
+    if small_image_scale:  # stopped on small images, resumed across the switch to full size
+        plan = stopped["budget"]
+        switch = next(k for k in range(plan["steps"]) if not is_small(
+            cfg, k, 36, plan["steps"], plan.get("bend")))
+        assert stop_at < switch < straight["steps"]
+    else:  # the epochs after the first plan ran faster than timed: each plan lengthens the run
+        assert replans[-1]["steps"] > replans[0]["steps"] > straight["budget"]["planned_at_step"]
     a = load_checkpoint(tmp_path / "stopped" / "checkpoint.pt")
     b = load_checkpoint(tmp_path / "straight" / "checkpoint.pt")
     for part in ("model", "ema"):

@@ -27,7 +27,8 @@ from ..errors import ConfigError
 from ..files import save_json
 from . import distributed
 from .config import parse_duration, to_dict
-from .optim import cosine_progress
+from .optim import cosine_progress, warmup_steps
+from .resizing import full_size_steps
 from .runs import evaluate_as_configured
 
 def describe_seconds(seconds):
@@ -36,11 +37,14 @@ def describe_seconds(seconds):
 
 
 class StepTimer:
-    """Times this process's steps from just after `start_step` to `end_step`."""
+    """Times this process's steps after `start_step` up to `end_step`, in seconds per full-size
+    step (a step on small images counts as its share of the pixels, resizing.py). A step that
+    compiled a new graph is not counted: a run compiles a few times, not at every step."""
 
     def __init__(self, start_step, end_step):
         self.start_step, self.end_step = start_step, end_step
-        self.started = None
+        self.last = None  # when the last step the timing starts from or counts ended
+        self.seconds = self.full_steps = 0.0
 
     @classmethod
     def in_warmup(cls, first_step, warmup_steps):
@@ -53,24 +57,29 @@ class StepTimer:
 
     @classmethod
     def rest_of_epoch(cls, run, epoch):
-        """Times from now to the end of `epoch` (its first step and the start of its data
-        included: every epoch pays them), for planning again there; None in the run's last
-        epoch."""
+        """Times from now to the end of `epoch` (the start of its data included: every epoch
+        pays it), for planning again there; None in the run's last epoch."""
         end = (epoch + 1) * run.steps_per_epoch
         if end >= run.total_steps:
             return None
         timer = cls(run.step, end)
-        timer.started = time.perf_counter()
+        timer.last = time.perf_counter()
         return timer
 
-    def after_step(self, step):
-        """Call after every step; True once the measured steps are done."""
-        if step == self.start_step:
-            self.started = time.perf_counter()
+    def after_step(self, step, cost=1.0, compiled=False):
+        """Call after every step with its `cost` in full-size steps, and whether it
+        `compiled`; True once the measured steps are done."""
+        now = time.perf_counter()
+        if step > self.start_step and self.last is not None and not compiled:
+            self.seconds += now - self.last
+            self.full_steps += cost
+        if step >= self.start_step:
+            self.last = now
         return step == self.end_step
 
     def seconds_per_step(self):
-        return (time.perf_counter() - self.started) / (self.end_step - self.start_step)
+        """Seconds a full-size step took (`None` if no step was counted)."""
+        return self.seconds / self.full_steps if self.full_steps else None
 
 
 def validations(epochs, eval_every):
@@ -79,17 +88,19 @@ def validations(epochs, eval_every):
 
 
 def plan_steps(budget, elapsed, step, steps_per_epoch, eval_every, step_seconds,
-               validation_seconds, test_seconds, reserve):
+               validation_seconds, test_seconds, reserve, full_steps=None):
     """The most steps (at least one epoch) whose training, validations, test and `reserve`
     (seconds for writing the results) fit in `budget` seconds, `elapsed` of which are spent
-    after `step` steps. Raises `ConfigError` with the smallest budget that works when not even
-    one epoch fits."""
+    after `step` steps. `step_seconds` is a full-size step's time, `full_steps(total)` what the
+    steps after `step` up to `total` cost in full-size steps (by default one each). Raises
+    `ConfigError` with the smallest budget that works when not even one epoch fits."""
     # in `elapsed` already: the periodic validations before the epoch that ends with `step`
     done = max(step - 1, 0) // steps_per_epoch // eval_every
 
     def seconds(total):
         epochs = math.ceil(total / steps_per_epoch)
-        return ((total - step) * step_seconds + (validations(epochs, eval_every) - done)
+        cost = full_steps(total) if full_steps else total - step
+        return (cost * step_seconds + (validations(epochs, eval_every) - done)
                 * validation_seconds + test_seconds + reserve)
     least = max(steps_per_epoch, step)
     left = budget - elapsed
@@ -99,7 +110,9 @@ def plan_steps(budget, elapsed, step, steps_per_epoch, eval_every, step_seconds,
                           f"and its validation here ({step_seconds * 1000:.0f} ms a step, "
                           f"{steps_per_epoch} steps an epoch); the smallest budget that works "
                           f"is about {describe_seconds(math.ceil(needed))}")
-    fits, too_many = least, step + int(left / step_seconds) + 1
+    fits, too_many = least, 2 * least
+    while seconds(too_many) <= left:  # small steps cost less than `step_seconds`
+        fits, too_many = too_many, 2 * too_many
     while too_many - fits > 1:  # `seconds` grows with the step count: bisect
         middle = (fits + too_many) // 2
         fits, too_many = (middle, too_many) if seconds(middle) <= left else (fits, middle)
@@ -128,25 +141,25 @@ def plan_budget(run):
     else:
         step_seconds = run.timer.seconds_per_step()
         plan = decided_by_main(run.procs, lambda: planned_again(
-            run.plan, run.step, step_seconds, elapsed_seconds(run), run.warmup_steps,
-            run.cfg.eval_every))
+            run.plan, run.step, step_seconds, elapsed_seconds(run), run.cfg))
     before = run.cfg.steps
     run.cfg, run.plan, run.timer = replace(run.cfg, steps=plan["steps"]), plan, None
     if not run.procs.main or plan["steps"] == before:
         return
     save_json(run.out / "config.json", to_dict(run.cfg))
     if first or abs(plan["steps"] - before) >= 0.01 * before:  # not for every step it moves
-        print(f"--time-budget {run.cfg.time_budget}: {plan_summary(plan)}: training "
+        print(f"--time-budget {run.cfg.time_budget}: {plan_summary(plan, run.cfg)}: training "
               f"{plan['steps']} steps ({plan['steps'] / run.steps_per_epoch:.1f} epochs) fits",
               flush=True)
 
 
-def plan_summary(plan):
+def plan_summary(plan, cfg):
+    step = "a full-size step" if cfg.small_image_scale else "a step"
     again = plan.get("replans")
     if again:
-        return (f"{again[-1]['step_ms']:.1f} ms a step in the last epoch, "
+        return (f"{again[-1]['step_ms']:.1f} ms {step} in the last epoch, "
                 f"{describe_seconds(plan['budget_s'] - again[-1]['elapsed_s'])} left")
-    return (f"{plan['step_ms']:.1f} ms a step, {plan['validation_s']:.1f} s a validation, "
+    return (f"{plan['step_ms']:.1f} ms {step}, {plan['validation_s']:.1f} s a validation, "
             f"{plan['test_s']:.1f} s the test")
 
 
@@ -158,45 +171,52 @@ def measure_and_plan(run):
                 "validation_s": per_image * val_images * (2 if run.ema else 1),  # raw and EMA
                 "test_s": per_image * run.data.test.num_images,
                 "elapsed_s": elapsed_seconds(run), "planned_at_step": run.step,
-                "steps_per_epoch": run.steps_per_epoch}
+                "steps_per_epoch": run.steps_per_epoch, "image_size": run.data.image_size}
     budget = parse_duration(run.cfg.time_budget)
-    steps = steps_that_fit(measured, budget, run.cfg.eval_every)
+    steps = steps_that_fit(measured, budget, run.cfg)
     remember_speed(run.cfg, run.procs, measured)
     return {"steps": steps, **measured, "budget_s": budget}
 
 
-def planned_again(plan, step, step_seconds, elapsed, warmup_steps, eval_every):
-    """`plan` laid again at `step` (an epoch's end) from the step time since the last plan and
-    the time spent; the validation and test times stay as first measured. The rest of the
-    cosine is laid over the new length from the progress it has reached (its `bend`), so the
-    rate does not jump. When not even the epoch's validation and the test fit any more, the run
-    ends with this epoch."""
+def planned_again(plan, step, step_seconds, elapsed, cfg):
+    """`plan` laid again at `step` (an epoch's end) from the time of a full-size step since the
+    last plan (None: no step was timed) and the time spent; the validation and test times stay
+    as first measured. The rest of the cosine is laid over the new length from the progress it
+    has reached (its `bend`), so the rate does not jump. When not even the epoch's validation
+    and the test fit any more, the run ends with this epoch."""
+    if step_seconds is None:
+        return plan
+    warmup = warmup_steps(cfg, plan["steps_per_epoch"])
+    bend = plan.get("bend")
+    if step > warmup:
+        bend = (step, cosine_progress(step, warmup, plan["steps"], bend))
     measured = {**plan, "step_ms": 1000 * step_seconds, "elapsed_s": elapsed,
                 "planned_at_step": step}
     try:
-        steps = steps_that_fit(measured, plan["budget_s"], eval_every)
+        steps = steps_that_fit(measured, plan["budget_s"], cfg, bend)
     except ConfigError:
         steps = step
     if steps == plan["steps"]:
         return plan
-    bend = plan.get("bend")
-    if step > warmup_steps:
-        bend = (step, cosine_progress(step, warmup_steps, plan["steps"], bend))
     replans = plan.get("replans", []) + [{"at_step": step, "step_ms": 1000 * step_seconds,
                                           "elapsed_s": elapsed, "steps": steps}]
     return {**plan, "steps": steps, "bend": bend, "replans": replans}
 
 
-def steps_that_fit(measured, budget, eval_every):
-    """`plan_steps` for a measured start (`measure_and_plan`'s record) and a budget."""
+def steps_that_fit(measured, budget, cfg, bend=None):
+    """`plan_steps` for a measured start (`measure_and_plan`'s record), a budget, the run's
+    settings and where its cosine was last laid anew (`bend`)."""
     # On shared 2-core machines the steps after the timed stretch ran from 4.5 % slower to 30 %
     # faster than timed (docs/benchmarks.md): plan with 5 % more a step, so that the slow side
     # still fits. The reserve holds the start-up before `run.started`, writing curves, weights
     # and results, and a margin.
-    return plan_steps(budget, measured["elapsed_s"], measured["planned_at_step"],
-                      measured["steps_per_epoch"], eval_every,
+    step, per_epoch = measured["planned_at_step"], measured["steps_per_epoch"]
+    warmup = warmup_steps(cfg, per_epoch)
+    return plan_steps(budget, measured["elapsed_s"], step, per_epoch, cfg.eval_every,
                       1.05 * measured["step_ms"] / 1000, measured["validation_s"],
-                      measured["test_s"], reserve=10.0 + 0.03 * budget)
+                      measured["test_s"], reserve=10.0 + 0.03 * budget,
+                      full_steps=lambda total: full_size_steps(
+                          cfg, measured.get("image_size"), step, total, warmup, bend))
 
 
 # The speed of the last budgeted run of each setting on this machine, so that a budget it shows
@@ -209,7 +229,7 @@ def speed_record_path():
 # What does not change how long a step, a validation or the start-up takes.
 _NOT_SPEED = {"seed", "out_dir", "resume", "time_budget", "epochs", "steps", "progress",
               "tensorboard", "checkpoint_every", "lr", "momentum", "weight_decay",
-              "warmup_epochs", "label_smoothing"}
+              "warmup_epochs", "label_smoothing", "small_image_until"}
 
 
 def speed_key(cfg, procs):
@@ -243,7 +263,7 @@ def refuse_known_too_small(cfg, procs):
         measured = _speed_records().get(speed_key(cfg, procs))
         if measured:
             try:
-                steps_that_fit(measured, parse_duration(cfg.time_budget), cfg.eval_every)
+                steps_that_fit(measured, parse_duration(cfg.time_budget), cfg)
             except ConfigError as e:
                 raise ConfigError(f"{e} (measured by an earlier run of these settings)") from None
     decided_by_main(procs, check)

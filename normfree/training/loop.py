@@ -29,7 +29,9 @@ from .budget import StepTimer, budget_left, plan_budget, refuse_known_too_small
 from .checkpoints import load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from .config import TrainConfig, describe, from_dict, to_dict
 from .logs import EpochTally, MetricsLog, plot_curves
-from .optim import EMA, batch_mixer, build_optimizer, load_optimizer_state, lr_at, train_step
+from .optim import (EMA, batch_mixer, build_optimizer, load_optimizer_state, lr_at, train_step,
+                    warmup_steps)
+from .resizing import downscaled, is_small, pixel_share, small_size
 from .resume import config_differences, make_run_dir, run_dir
 from .runs import (compiled, evaluate_as_configured, freeze, initialise_from, memory_format,
                    model_for, preprocessing_of, resolve_config)
@@ -58,6 +60,7 @@ class Run:
     selected: Optional[tuple] = None  # ("raw" or "ema", validation top-1) at the last validation
     timer: Optional[StepTimer] = None  # times the steps a budgeted run plans from
     plan: Optional[dict] = None  # what a budgeted run measured and chose
+    image_size: Optional[int] = None  # of the last step's batch (a new size compiles anew)
 
     @property
     def steps_per_epoch(self):
@@ -77,13 +80,19 @@ class Run:
 
     @property
     def warmup_steps(self):
-        return round(self.cfg.warmup_epochs * self.steps_per_epoch)
+        return warmup_steps(self.cfg, self.steps_per_epoch)
 
     def lr(self):
         """The schedule's rate at this step (while the length is unknown: warm-up, then the
         peak rate)."""
         return lr_at(self.step, self.cfg.lr, self.warmup_steps, self.total_steps or math.inf,
                      self.plan and self.plan.get("bend"))
+
+    def train_image_size(self):
+        """The size of this step's batch: small early on with progressive resizing."""
+        small = is_small(self.cfg, self.step, self.warmup_steps, self.total_steps,
+                         self.plan and self.plan.get("bend"))
+        return small_size(self.cfg, self.data.image_size) if small else self.data.image_size
 
 
 def train(cfg: TrainConfig):
@@ -260,16 +269,17 @@ def train_epoch(run, epoch, stop, resumed=None):
         lr = run.lr()
         for group in run.optimizer.param_groups:
             group["lr"] = lr
-        images = run.normalize(images.to(run.device, non_blocking=True))
-        images = images.contiguous(memory_format=memory_format(cfg))
-        labels = labels.to(run.device, non_blocking=True)
+        previous_size, size = run.image_size, run.train_image_size()
+        images, labels = on_device(run, images, size), labels.to(run.device, non_blocking=True)
         loss, clipped, logits = train_step(run.forward, run.optimizer, images, labels, cfg,
                                            run.mix, run.step + 1)
-        run.step += 1
+        run.step, run.image_size = run.step + 1, size
         if run.ema is not None:
             run.ema.update(run.model, run.step)
         tally.add(loss, logits, labels, clipped)
-        if run.timer is not None and run.timer.after_step(run.step):
+        # a step at a new size (and a process's first) compiled: not one to time
+        if run.timer is not None and run.timer.after_step(
+                run.step, pixel_share(size, run.data.image_size), size != previous_size):
             plan_budget(run)
             bar.total = min(run.steps_per_epoch, run.total_steps - epoch * run.steps_per_epoch)
         bar.set_postfix(loss=f"{tally.loss_sum / tally.seen:.3f}", lr=f"{lr:.3g}",
@@ -286,6 +296,14 @@ def train_epoch(run, epoch, stop, resumed=None):
         if last:
             break
     return tally.summed(procs, run.device)
+
+
+def on_device(run, images, size):
+    """A training batch on the run's device: normalised, at `size`, in its memory format."""
+    images = run.normalize(images.to(run.device, non_blocking=True))
+    if size != images.shape[-1]:
+        images = downscaled(images, size)
+    return images.contiguous(memory_format=memory_format(run.cfg))
 
 
 def validate(run, model):

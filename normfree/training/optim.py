@@ -17,6 +17,10 @@ from ..errors import ConfigError, TrainingDiverged
 from .agc import clip_param_groups_, param_groups
 
 
+def warmup_steps(cfg, steps_per_epoch):
+    return round(cfg.warmup_epochs * steps_per_epoch)
+
+
 def cosine_progress(step, warmup_steps, total_steps, bend=None):
     """How far the cosine has got at `step` after the warm-up: 0 at its start, 1 at
     `total_steps`. `bend` = (step, progress), at or after the warm-up: where a budgeted run laid

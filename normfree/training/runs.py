@@ -88,7 +88,9 @@ def compiled(model, cfg, device):
         return model
     if device.type == "cpu":  # inductor logs, while compiling for the CPU, that it found no CUDA
         logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
-    return torch.compile(model)
+    # a static graph for each batch size (progressive resizing has two), like the one the
+    # step was measured with, rather than the any-size graph a second size makes by default
+    return torch.compile(model, dynamic=False)
 
 
 def preprocessing_of(cfg, data):
