@@ -29,6 +29,15 @@ def cosine_progress(step, warmup_steps, total_steps, bend=None):
     return min(done + (1.0 - done) * (step - start) / max(total_steps - start, 1), 1.0)
 
 
+def step_at_progress(progress, warmup_steps, total_steps, bend=None):
+    """The (fractional) step at which `cosine_progress` reaches `progress`; the bend's step if
+    the cosine had got that far by then."""
+    start, done = bend or (warmup_steps, 0.0)
+    if done >= progress:
+        return start
+    return start + (progress - done) / (1.0 - done) * (total_steps - start)
+
+
 def lr_at(step, base_lr, warmup_steps, total_steps, bend=None):
     """Linear warm-up from 0 over `warmup_steps`, then cosine decay to 0 at `total_steps`
     (through `bend`, see `cosine_progress`)."""

@@ -14,7 +14,7 @@ import math
 
 import torch.nn.functional as F
 
-from .optim import cosine_progress
+from .optim import cosine_progress, step_at_progress
 
 
 def downscaled(images, size):
@@ -51,14 +51,11 @@ def pixel_share(size, full_size):
 
 def full_size_steps(cfg, image_size, step, total, warmup_steps, bend=None):
     """What the steps after `step` up to `total` cost, in full-size steps. The small ones are
-    those whose cosine progress is short of `small_image_until`; the progress runs linearly
-    from the warm-up's end, or from `bend`, to 1 at `total`."""
+    those whose cosine progress is short of `small_image_until` (`step_at_progress`: it runs
+    linearly from the warm-up's end, or from `bend`, to 1 at `total`)."""
     steps = total - step
     if not cfg.small_image_scale:
         return steps
-    start, done = bend or (warmup_steps, 0.0)
-    if done >= cfg.small_image_until:
-        return steps
-    first_full = start + (cfg.small_image_until - done) / (1.0 - done) * (total - start)
+    first_full = step_at_progress(cfg.small_image_until, warmup_steps, total, bend)
     small = min(max(math.ceil(first_full) - step, 0), steps)
     return steps - small * (1.0 - pixel_share(small_size(cfg, image_size), image_size))
