@@ -60,6 +60,8 @@ def test_plan_is_the_most_steps_that_fit():
     2nd epoch and after the last, 3 s the test, 2 s kept: 675 steps take 65 + 4·5 + 5 = 90 s of
     the 90 left, 676 would not fit."""
     assert budget.plan_steps(100, 10, 25, 100, 2, 0.1, 5, 3, 2) == 675
+    # validating only after the last epoch: 825 steps take 80 + 5 + 5 = 90 s
+    assert budget.plan_steps(100, 10, 25, 100, 0, 0.1, 5, 3, 2) == 825
     with pytest.raises(ConfigError, match=r"too small for one epoch.*about 0m28s"):
         budget.plan_steps(20, 10, 25, 100, 2, 0.1, 5, 3, 2)
 

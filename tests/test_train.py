@@ -71,10 +71,12 @@ def test_debug_run_writes_artefacts(tmp_path):
     assert result["test_top1"] > 20.0  # well above chance (10 %) on the synthetic classes
 
 
-def test_validation_every_n_epochs_and_always_after_the_last(tmp_path):
-    result = train(debug(tmp_path, epochs=3, eval_every=2))
+@pytest.mark.parametrize("eval_every, validated", [(2, [False, True, True]),
+                                                   (0, [False, False, True])])
+def test_validation_every_n_epochs_and_always_after_the_last(tmp_path, eval_every, validated):
+    result = train(debug(tmp_path, epochs=3, eval_every=eval_every))
     rows = read_metrics(tmp_path / "run" / "metrics.csv")
-    assert [r["val_acc"] is not None for r in rows] == [False, True, True]
+    assert [r["val_acc"] is not None for r in rows] == validated
     assert result["val_top1"] in (rows[-1]["val_acc"], rows[-1]["val_acc_ema"])
     assert (tmp_path / "run" / "curves.png").is_file()
 

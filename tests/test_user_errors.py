@@ -50,6 +50,7 @@ def weights(tmp_path_factory):
     (["--device", "tpu"], ["--device 'tpu' is not a device name"]),
     (["--lr", "inf"], ["--lr must be a finite number"]),
     (["--workers", "-1"], ["--workers must be 0 or more"]),
+    (["--eval-every", "-1"], ["--eval-every must be 0 or more"]),
     (["--randaugment", "4"], ["--randaugment must be LAYERS,MAGNITUDE"]),
     (["--epoch", "1"], ["usage: normfree train", "unrecognized arguments: --epoch 1"]),
 ])

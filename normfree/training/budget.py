@@ -83,7 +83,10 @@ class StepTimer:
 
 
 def validations(epochs, eval_every):
-    """How many validations a run of `epochs` epochs does (every `eval_every`th and the last)."""
+    """How many validations a run of `epochs` epochs does (every `eval_every`th and the last;
+    `eval_every` 0: the last only)."""
+    if not eval_every:
+        return 1
     return epochs // eval_every + (1 if epochs % eval_every else 0)
 
 
@@ -95,7 +98,7 @@ def plan_steps(budget, elapsed, step, steps_per_epoch, eval_every, step_seconds,
     steps after `step` up to `total` cost in full-size steps (by default one each). Raises
     `ConfigError` with the smallest budget that works when not even one epoch fits."""
     # in `elapsed` already: the periodic validations before the epoch that ends with `step`
-    done = max(step - 1, 0) // steps_per_epoch // eval_every
+    done = max(step - 1, 0) // steps_per_epoch // eval_every if eval_every else 0
 
     def seconds(total):
         epochs = math.ceil(total / steps_per_epoch)

@@ -323,7 +323,7 @@ def end_epoch(run, epoch, tally):
     """Rank 0: validate when due (always after the last epoch, where raw vs EMA is chosen),
     print and log the epoch, checkpoint."""
     cfg = run.cfg
-    due = (epoch + 1) % cfg.eval_every == 0 or run.step == run.total_steps
+    due = run.step == run.total_steps or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)
     val = validate(run, run.model) if due and run.data.val else None
     val_ema = validate(run, run.ema.module) if due and run.data.val and run.ema else None
     lr = run.lr()
