@@ -82,12 +82,17 @@ class StepTimer:
         return self.seconds / self.full_steps if self.full_steps else None
 
 
+def periodic_validations(epochs, eval_every):
+    """How many of the first `epochs` epochs end with a validation because they are an
+    `eval_every`th (0: none)."""
+    return epochs // eval_every if eval_every else 0
+
+
 def validations(epochs, eval_every):
-    """How many validations a run of `epochs` epochs does (every `eval_every`th and the last;
-    `eval_every` 0: the last only)."""
-    if not eval_every:
-        return 1
-    return epochs // eval_every + (1 if epochs % eval_every else 0)
+    """How many validations a run of `epochs` epochs does: the periodic ones, and after the
+    last epoch if that is not one of them."""
+    last_is_periodic = eval_every and epochs % eval_every == 0
+    return periodic_validations(epochs, eval_every) + (0 if last_is_periodic else 1)
 
 
 def plan_steps(budget, elapsed, step, steps_per_epoch, eval_every, step_seconds,
@@ -98,7 +103,7 @@ def plan_steps(budget, elapsed, step, steps_per_epoch, eval_every, step_seconds,
     steps after `step` up to `total` cost in full-size steps (by default one each). Raises
     `ConfigError` with the smallest budget that works when not even one epoch fits."""
     # in `elapsed` already: the periodic validations before the epoch that ends with `step`
-    done = max(step - 1, 0) // steps_per_epoch // eval_every if eval_every else 0
+    done = periodic_validations(max(step - 1, 0) // steps_per_epoch, eval_every)
 
     def seconds(total):
         epochs = math.ceil(total / steps_per_epoch)
