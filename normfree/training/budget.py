@@ -82,17 +82,22 @@ class StepTimer:
         return self.seconds / self.full_steps if self.full_steps else None
 
 
+def validates_periodically(epoch, eval_every):
+    """Whether epoch number `epoch` (from 1) ends with a validation for being an
+    `eval_every`th (0: none is); the run's last epoch validates either way."""
+    return bool(eval_every) and epoch % eval_every == 0
+
+
 def periodic_validations(epochs, eval_every):
-    """How many of the first `epochs` epochs end with a validation because they are an
-    `eval_every`th (0: none)."""
+    """How many of the first `epochs` epochs end with a periodic validation."""
     return epochs // eval_every if eval_every else 0
 
 
 def validations(epochs, eval_every):
     """How many validations a run of `epochs` epochs does: the periodic ones, and after the
     last epoch if that is not one of them."""
-    last_is_periodic = eval_every and epochs % eval_every == 0
-    return periodic_validations(epochs, eval_every) + (0 if last_is_periodic else 1)
+    last = 0 if validates_periodically(epochs, eval_every) else 1
+    return periodic_validations(epochs, eval_every) + last
 
 
 def plan_steps(budget, elapsed, step, steps_per_epoch, eval_every, step_seconds,

@@ -25,7 +25,8 @@ from ..files import save_json
 from ..runtime import machine_info
 from ..weights.metadata import check_layout, export_weights, layout_of
 from . import distributed
-from .budget import StepTimer, budget_left, plan_budget, refuse_known_too_small
+from .budget import (StepTimer, budget_left, plan_budget, refuse_known_too_small,
+                     validates_periodically)
 from .checkpoints import load_checkpoint, rng_states, save_checkpoint, set_rng_states
 from .config import TrainConfig, describe, from_dict, to_dict
 from .logs import EpochTally, MetricsLog, plot_curves
@@ -323,7 +324,7 @@ def end_epoch(run, epoch, tally):
     """Rank 0: validate when due (always after the last epoch, where raw vs EMA is chosen),
     print and log the epoch, checkpoint."""
     cfg = run.cfg
-    due = run.step == run.total_steps or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)
+    due = run.step == run.total_steps or validates_periodically(epoch + 1, cfg.eval_every)
     val = validate(run, run.model) if due and run.data.val else None
     val_ema = validate(run, run.ema.module) if due and run.data.val and run.ema else None
     lr = run.lr()
