@@ -7,8 +7,14 @@ resize of progressive resizing). Run alone on the machine:
 
     python benchmarks/step_profile.py                     # nfnet_s0 and its BN twin, 28 px
     python benchmarks/step_profile.py nfnet_s0_dense --image-size 20 28 --threads 1
+    python benchmarks/step_profile.py nfnet_s0_dense --threads 1 --compile  # + eager vs compiled
+
+With `--compile` it also times the step eager against the step with the model under
+`torch.compile` (as `--compile` trains), in alternating blocks so that both see the same machine
+speed, and reports how long the compiled step's first call (the compilation) took.
 """
 import argparse
+import statistics
 import time
 
 import torch
@@ -58,12 +64,14 @@ def batch_preparation_ms(size, full_size=28, repeats=50):
     return (time.perf_counter() - start) / repeats * 1000
 
 
-def loop_step(name, size, labels):
+def loop_step(name, size, labels, compile=False):
     """One call: `train_step` then the EMA update, as the loop does, for model `name`."""
+    torch.manual_seed(0)
     model = normfree.create_model(name, 10).to(memory_format=torch.channels_last)
     images = torch.randn(128, 1, size, size).contiguous(memory_format=torch.channels_last)
+    forward = torch.compile(model, dynamic=False) if compile else None
     train, _ = make_train_step(model, images, labels, 0.0 if name.endswith("_bn") else 0.04,
-                               bf16=True)
+                               bf16=True, forward=forward)
     ema = EMA(model, 0.999)
 
     def step():
@@ -72,11 +80,33 @@ def loop_step(name, size, labels):
     return step
 
 
+def eager_against_compiled(name, size, labels, blocks=6, block_steps=5):
+    """(eager ms, compiled ms, seconds the compiled step's first call took): medians over
+    alternating blocks of steps, after warm-ups."""
+    eager, compiled = loop_step(name, size, labels), loop_step(name, size, labels, compile=True)
+    start = time.perf_counter()
+    compiled()
+    compile_seconds = time.perf_counter() - start
+    times = {eager: [], compiled: []}
+    for step in times:
+        for _ in range(3):
+            step()
+    for _ in range(blocks):
+        for step, block in times.items():
+            start = time.perf_counter()
+            for _ in range(block_steps):
+                step()
+            block.append((time.perf_counter() - start) / block_steps * 1000)
+    return statistics.median(times[eager]), statistics.median(times[compiled]), compile_seconds
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("models", nargs="*", default=["nfnet_s0", "nfnet_s0_bn"])
     parser.add_argument("--image-size", type=int, nargs="+", default=[28])
     parser.add_argument("--threads", type=int, default=0, help="0: all cores")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time the step eager against compiled")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -87,6 +117,10 @@ def main():
             ms, shares = profiled_shares(loop_step(name, size, labels))
             print(f"{name} at {size} px: {ms:.1f} ms/step (profiled), % of step: {shares}; "
                   f"the batch before it: {batch_preparation_ms(size):.1f} ms")
+            if args.compile:
+                eager, compiled, seconds = eager_against_compiled(name, size, labels)
+                print(f"{name} at {size} px: eager {eager:.1f} ms, compiled {compiled:.1f} ms a "
+                      f"step ({eager / compiled:.2f}×); compiling took {seconds:.0f} s")
 
 if __name__ == "__main__":
     main()
