@@ -10,18 +10,17 @@ resize of progressive resizing). Run alone on the machine:
     python benchmarks/step_profile.py nfnet_s0_dense --threads 1 --compile  # + eager vs compiled
 
 With `--compile` it also times the step eager against the step with the model under
-`torch.compile` (as `--compile` trains), in alternating blocks so that both see the same machine
-speed, and reports how long the compiled step's first call (the compilation) took.
+`torch.compile` (as `--compile` trains), alternately step by step so that both see the same
+machine speed, and reports how long the compiled step's first call (the compilation) took.
 """
 import argparse
-import statistics
 import time
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 import normfree
-from normfree.analysis.bench import make_train_step
+from normfree.analysis.bench import make_train_step, time_calls
 from normfree.data.batch_augment import BatchAugment
 from normfree.data.fashion_mnist import FMNIST_MEAN, FMNIST_STD
 from normfree.training.optim import EMA
@@ -80,24 +79,15 @@ def loop_step(name, size, labels, compile=False):
     return step
 
 
-def eager_against_compiled(name, size, labels, blocks=6, block_steps=5):
-    """(eager ms, compiled ms, seconds the compiled step's first call took): medians over
-    alternating blocks of steps, after warm-ups."""
+def eager_against_compiled(name, size, labels, repeats=30):
+    """(eager ms, compiled ms, seconds the compiled step's first call took): medians of steps
+    timed alternately, after warm-ups."""
     eager, compiled = loop_step(name, size, labels), loop_step(name, size, labels, compile=True)
     start = time.perf_counter()
     compiled()
     compile_seconds = time.perf_counter() - start
-    times = {eager: [], compiled: []}
-    for step in times:
-        for _ in range(3):
-            step()
-    for _ in range(blocks):
-        for step, block in times.items():
-            start = time.perf_counter()
-            for _ in range(block_steps):
-                step()
-            block.append((time.perf_counter() - start) / block_steps * 1000)
-    return statistics.median(times[eager]), statistics.median(times[compiled]), compile_seconds
+    (eager_s, _, _), (compiled_s, _, _) = time_calls(eager, compiled, repeats=repeats)
+    return eager_s * 1000, compiled_s * 1000, compile_seconds
 
 
 def main():
