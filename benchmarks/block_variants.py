@@ -49,7 +49,7 @@ for spec in args.names:
     model = NFNet(CANDIDATES[name], 10).to(memory_format=torch.channels_last)
     images = torch.randn(batch, 1, 28, 28).contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 10, (batch,))
-    step, _ = make_train_step(model, images, labels, 0.04, bf16=True,
+    step, _ = make_train_step(model, images, labels, 0.04, precision="bf16",
                               forward=torch.compile(model))
     step()  # compile outside the timing
     steps.append((spec, batch, step, sum(p.numel() for p in model.parameters())))

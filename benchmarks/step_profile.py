@@ -70,7 +70,7 @@ def loop_step(name, size, labels, compile=False):
     images = torch.randn(128, 1, size, size).contiguous(memory_format=torch.channels_last)
     forward = torch.compile(model, dynamic=False) if compile else None
     train, _ = make_train_step(model, images, labels, 0.0 if name.endswith("_bn") else 0.04,
-                               bf16=True, forward=forward)
+                               precision="bf16", forward=forward)
     ema = EMA(model, 0.999)
 
     def step():

@@ -14,6 +14,7 @@ from .data import FMNIST_DIR
 from .errors import NormfreeError, TrainingStopped
 from .nn.counts import count
 from .nn.variants import BN_TWINS, get_config, list_models
+from .runtime import PRECISIONS
 from .training.config import DEFAULT_PRESET, PRESETS, add_config_flags
 from .weights.releases import RELEASES
 
@@ -180,7 +181,8 @@ def build_parser(help_preset=DEFAULT_PRESET):
                    help="default: the model's train size")
     p.add_argument("--batch-size", type=positive_int, default=16, help="default: %(default)s")
     p.add_argument("--in-chans", type=positive_int, default=None, help="default: the model's")
-    p.add_argument("--bf16", action="store_true", help="bfloat16 autocast")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="autocast dtype; fp16 with loss scaling (default: %(default)s)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
                    help="channels-last memory format (default: on)")
     p.add_argument("--repeats", type=positive_int, default=10,

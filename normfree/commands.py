@@ -116,7 +116,8 @@ def cmd_bench(args):
                                    args.grad_checkpointing)
     else:
         record = bench(args.model, args.image_size, args.batch_size, in_chans=args.in_chans,
-                       bf16=args.bf16, channels_last=args.channels_last, repeats=args.repeats,
+                       precision=args.precision, channels_last=args.channels_last,
+                       repeats=args.repeats,
                        grad_checkpointing=args.grad_checkpointing, peer=args.peer,
                        compile_model=args.compile)
         if args.ceiling:

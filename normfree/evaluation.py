@@ -8,6 +8,7 @@ from tqdm import tqdm
 
 from .data.folders import FolderBatches, ImageFiles, flat_samples, folder_samples
 from .errors import DataError
+from .runtime import autocast
 
 
 def top1_top5_hits(logits, labels):
@@ -18,12 +19,15 @@ def top1_top5_hits(logits, labels):
 
 
 @torch.no_grad()
-def evaluate(model, batches, normalize, *, tta_flip=False, bf16=False,
-             memory_format=torch.contiguous_format, progress=False, what="images"):
+def evaluate(model, batches, normalize, *, tta_flip=False, precision="fp32",
+             memory_format=torch.contiguous_format, progress=False, what="images",
+             sum_across=None):
     """Top-1 and top-5 accuracy (%), mean cross-entropy and image count over `batches` of
     (uint8 images, labels); `normalize` turns the images into the model's input.
 
-    With `tta_flip`, logits are averaged over each image and its mirror image. `what` names
+    With `tta_flip`, logits are averaged over each image and its mirror image. Data-parallel
+    processes each evaluate their share of the images (`Batches.share`) and `sum_across` (a
+    function summing a list of numbers over the processes) adds up their counts. `what` names
     the images in the error when none is readable ("no readable {what}").
     """
     device = next(model.parameters()).device
@@ -33,7 +37,7 @@ def evaluate(model, batches, normalize, *, tta_flip=False, bf16=False,
     for images, labels in tqdm(batches, desc="eval", leave=False, disable=not progress or None):
         images = normalize(images.to(device)).contiguous(memory_format=memory_format)
         labels = labels.to(device)
-        with torch.autocast(device.type, torch.bfloat16, enabled=bf16):
+        with autocast(device, precision):
             logits = model(images).float()
             if tta_flip:
                 logits = (logits + model(images.flip(3)).float()) / 2
@@ -42,11 +46,13 @@ def evaluate(model, batches, normalize, *, tta_flip=False, bf16=False,
         correct1, correct5 = correct1 + hits1, correct5 + hits5
         count += len(labels)
     model.train(was_training)
+    totals = [correct1, correct5, loss, count, len(getattr(batches, "skipped", ()))]
+    correct1, correct5, loss, count, skipped = sum_across(totals) if sum_across else totals
     if not count:
         raise DataError(f"no readable {what}")
     return {"top1": 100.0 * correct1 / count, "top5": 100.0 * correct5 / count,
-            "loss": loss / count, "images": count,
-            "skipped": len(getattr(batches, "skipped", ()))}  # unreadable files of a folder
+            "loss": loss / count, "images": int(count),
+            "skipped": int(skipped)}  # unreadable files of a folder
 
 
 def class_index(folder_classes, weights_classes, root):

@@ -1,9 +1,10 @@
-"""What the process runs on: the device, whether bf16 pays off, and a description of the
-machine for results files."""
+"""What the process runs on: the device, which precisions it runs natively (and their autocast),
+and a description of the machine for results files."""
 
 import os
 import platform
 import subprocess
+import warnings
 from pathlib import Path
 
 import torch
@@ -35,15 +36,79 @@ def default_device(name=None):
     return device
 
 
+PRECISIONS = ("fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
 def bf16_available(device):
-    """bf16 autocast pays off on CUDA GPUs that have it and on CPUs with AVX512-BF16 or AMX."""
+    """Whether bf16 runs natively: CUDA GPUs from compute capability 8.0 (Ampere) on, CPUs with
+    AVX512-BF16 or AMX. Before Ampere, `torch.cuda.is_bf16_supported()` answers True by
+    emulation, but cuDNN has no bf16 convolutions there (pytorch PR #148322)."""
     if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
+        return torch.cuda.get_device_capability(device) >= (8, 0)
+    flags = cpu_flags()
     return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def cpu_flags():
+    """The CPU's feature flags (empty where /proc/cpuinfo cannot be read)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def fp16_available(device):
+    """Whether fp16 autocast and a loss-scaling `GradScaler` run on `device`: every CUDA GPU;
+    the CPU where this torch's autocast takes float16 and its GradScaler the CPU."""
+    if device.type == "cuda":
+        return True
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with torch.autocast(device.type, torch.float16):
+            pass
+    if caught:  # "... the target dtype is not supported. Disabling autocast."
+        return False
+    try:
+        torch.amp.GradScaler(device.type)
+    except (RuntimeError, TypeError, ValueError):
+        return False
+    return True
+
+
+def default_precision(device):
+    """bf16 where the hardware has it natively, else fp16 on CUDA GPUs, else fp32."""
+    if bf16_available(device):
+        return "bf16"
+    return "fp16" if device.type == "cuda" else "fp32"
+
+
+def check_precision(name, device):
+    """`name` if `device` runs it; a `ConfigError` saying what to use instead if not."""
+    if name == "bf16" and not bf16_available(device):
+        raise ConfigError(f"--precision bf16: {describe_device(device)} has no native bf16 "
+                          f"(use --precision {default_precision(device)})")
+    if name == "fp16" and not fp16_available(device):
+        raise ConfigError(f"--precision fp16: torch {torch.__version__} has no fp16 autocast "
+                          f"with a GradScaler on {describe_device(device)} (use --precision "
+                          f"{default_precision(device)})")
+    return name
+
+
+def autocast(device, precision):
+    """The autocast context of a precision (disabled for fp32)."""
+    dtype = _AUTOCAST_DTYPES.get(precision, torch.bfloat16)
+    return torch.autocast(device.type, dtype, enabled=precision in _AUTOCAST_DTYPES)
+
+
+def describe_device(device):
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return f"{torch.cuda.get_device_name(device)} (compute capability {major}.{minor})"
+    return "this CPU"
 
 
 def machine_info():

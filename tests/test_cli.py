@@ -139,7 +139,7 @@ def test_bench_against_the_timm_peer(capsys):
     assert record["train_ratio_vs_peer_fused_sgd"] > 0
     assert record["gemm_gflops"] > 0 and 0 < record["train_fraction_of_conv_ceiling"]
     assert main(["bench", "--model", "nf_resnet26", "--image-size", "32", "--batch-size", "2",
-                 "--repeats", "2", "--peer", "timm", "--bf16", "--json"]) == 0
+                 "--repeats", "2", "--peer", "timm", "--precision", "bf16", "--json"]) == 0
     record = json.loads(capsys.readouterr().out)  # bf16 against timm's plain fp32 inference
     assert record["dtype"] == "bf16" and record["infer_ratio_vs_peer_eager_fp32"] > 0
 

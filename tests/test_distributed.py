@@ -1,6 +1,7 @@
 """Data-parallel training with torchrun (gloo on CPU): 2 processes × half the batch train the same
 weights as 1 process × the whole batch, and a stopped 2-process run resumes in 1 process."""
 
+import json
 import os
 import signal
 import socket
@@ -32,24 +33,31 @@ def relative_difference(a, b):
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
+    """p1, p2: the global batch of 32 in 1 and 2 processes; p2_accumulated: 2 processes, each
+    its 16 images as 2 micro-batches of 8, evaluating its share of the images."""
     root = tmp_path_factory.mktemp("ddp")
-    for nproc in (1, 2):
-        result = subprocess.run(train_command(root / f"p{nproc}", nproc, "--epochs", "2"),
+    for name, nproc, extra in (("p1", 1, ()), ("p2", 2, ()),
+                               ("p2_accumulated", 2, ("--device-batch-size", "8"))):
+        result = subprocess.run(train_command(root / name, nproc, "--epochs", "2", *extra),
                                 check=True, capture_output=True, text=True, timeout=600)
         # DDP's note on channels_last gradients copied out of its buckets is not shown
         assert "Warning" not in result.stderr, result.stderr[-2000:]
     return root
 
 
-def test_two_processes_train_the_weights_of_one(runs):
-    one, two = (load_checkpoint(runs / f"p{n}" / "checkpoint.pt") for n in (1, 2))
-    assert one["step"] == two["step"] == 24
+@pytest.mark.parametrize("name", ["p2", "p2_accumulated"])
+def test_two_processes_train_the_weights_of_one(runs, name):
+    one, two = (load_checkpoint(runs / run / "checkpoint.pt") for run in ("p1", name))
+    assert one["step"] == two["step"] == 24  # one update per global batch
     assert relative_difference(two["model"], one["model"]) < 1e-5
     assert relative_difference(two["ema"], one["ema"]) < 1e-5
-    rows = {n: read_metrics(runs / f"p{n}" / "metrics.csv") for n in (1, 2)}
-    for a, b in zip(rows[1], rows[2]):  # metrics are reduced over the processes
+    rows = {run: read_metrics(runs / run / "metrics.csv") for run in ("p1", name)}
+    for a, b in zip(rows["p1"], rows[name]):  # metrics are reduced over the processes
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
         assert a["train_acc"] == b["train_acc"] and a["val_acc"] == b["val_acc"]
+    results = {run: json.loads((runs / run / "results.json").read_text())
+               for run in ("p1", name)}  # the test split evaluated in shares, counts summed
+    assert results[name]["test_top1"] == results["p1"]["test_top1"]
 
 
 def test_stopped_two_process_run_resumes_in_one_process(tmp_path):

@@ -41,8 +41,8 @@ def write_shapes(root, kinds, per_class, seed, size=32):
 
 def folder_run(data_dir, out_dir, **overrides):
     values = dict(model="nfnet_tiny", data_dir=str(data_dir), out_dir=str(out_dir),
-                  image_size=32, batch_size=16, eval_batch_size=64, bf16=False, progress=False,
-                  workers=0)
+                  image_size=32, batch_size=16, eval_batch_size=64, precision="fp32",
+                  progress=False, workers=0)
     return train(preset("finetune", **{**values, **overrides}))
 
 

@@ -44,7 +44,8 @@ def test_loss_decreases_on_a_fixed_batch():
     from normfree.training.optim import build_optimizer
     opt = build_optimizer(cfg, model)
     x, y = torch.randn(16, 3, 16, 16), torch.randint(0, 4, (16,))
-    losses = [train_step(model, opt, x, y, cfg)[0].item() for _ in range(30)]
+    losses = [train_step(model, opt, x, y, label_smoothing=0.1).loss.item()
+              for _ in range(30)]
     assert losses[-1] < 0.5 * losses[0]
 
 
@@ -54,7 +55,7 @@ def test_nan_loss_stops_with_advice():
     from normfree.training.optim import build_optimizer
     x = torch.full((2, 3, 16, 16), float("nan"))
     with pytest.raises(TrainingDiverged, match="lower --lr"):
-        train_step(model, build_optimizer(cfg, model), x, torch.zeros(2, dtype=torch.long), cfg)
+        train_step(model, build_optimizer(cfg, model), x, torch.zeros(2, dtype=torch.long))
 
 
 def debug(tmp_path, **kw):

@@ -220,3 +220,20 @@ def test_skipped_training_images_are_one_line_and_counted(tmp_path, capsys):
                      f"{data / 'train' / 'a' / '3.png'}"]
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["skipped_images"] == {"train": 1, "test": 0}
+
+
+@pytest.mark.parametrize("flags,fragments", [
+    (["--batch-size", "32", "--device-batch-size", "12"],
+     ["--batch-size 32 (the global batch) must be a multiple of 1 process × "
+      "--device-batch-size 12 = 12"]),
+    (["--precision", "bf16"], ["--precision bf16: this CPU has no native bf16"]),
+    (["--precision", "fp16"], ["--precision fp16: torch", "has no fp16 autocast"]),
+    (["--lr", "0.1", "--lr-base", "0.1"], ["give one of --lr", "and --lr-base"])])
+def test_scale_and_precision_mistakes_are_refused_before_anything_is_written(
+        tmp_path, capsys, monkeypatch, flags, fragments):
+    monkeypatch.setattr(normfree.runtime, "cpu_flags", lambda: {"avx2"})  # no bf16 here
+    monkeypatch.setattr(normfree.runtime, "fp16_available", lambda device: False)
+    out = tmp_path / "run"
+    code, _, err = cli(capsys, "train", "--preset", "debug", "--out-dir", out, *flags)
+    assert_refused(code, err, *fragments)
+    assert not out.exists()

@@ -15,10 +15,9 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, MissingDependency
 from ..nn.zoo import count_macs, create_model
-from ..runtime import default_device, machine_info
+from ..runtime import autocast, default_device, machine_info
 from ..training.agc import clip_param_groups_
-from ..training.config import TrainConfig
-from ..training.optim import build_optimizer, train_step
+from ..training.optim import make_optimizer, train_step
 from ..weights.deploy import fold_ws
 
 # normfree model → the timm model a user would pick instead (same architecture and widths)
@@ -44,21 +43,23 @@ def time_calls(*fns, warmup=3, repeats=10):
     return [(statistics.median(t), min(t), max(t)) for t in times]
 
 
-def make_train_step(model, images, labels, clip_factor=0.01, bf16=False, forward=None):
-    """`normfree train`'s own step (`train_step`: Nesterov SGD, fused, label smoothing,
-    normfree's AGC) on one batch, and its optimizer; `forward` (e.g. compiled) defaults to the
-    model."""
-    cfg = TrainConfig(lr=1e-3, weight_decay=1e-5, clip_factor=clip_factor, bf16=bf16)
-    optimizer = build_optimizer(cfg, model)
+def make_train_step(model, images, labels, clip_factor=0.01, precision="fp32", forward=None):
+    """`normfree train`'s own step (`train_step`: Nesterov SGD, fused, label smoothing 0.1,
+    normfree's AGC, fp16 with loss scaling) on one batch, and its optimizer; `forward` (e.g.
+    compiled) defaults to the model."""
+    optimizer = make_optimizer(model, "sgd", lr=1e-3, momentum=0.9, weight_decay=1e-5,
+                               clip_factor=clip_factor)
+    scaler = torch.amp.GradScaler(images.device.type) if precision == "fp16" else None
     forward = model if forward is None else forward
 
     def step():
-        train_step(forward, optimizer, images, labels, cfg)
+        train_step(forward, optimizer, images, labels, label_smoothing=0.1, precision=precision,
+                   scaler=scaler)
     return step, optimizer
 
 
-def make_timm_train_step(model, images, labels, clip_factor=0.01, bf16=False, forward=None,
-                         fused=False):
+def make_timm_train_step(model, images, labels, clip_factor=0.01, precision="fp32",
+                         forward=None, fused=False):
     """timm's recipe for the same step: one SGD group (PyTorch's default multi-tensor update,
     or with `fused` the same fused kernel as ours), its AGC on all but the head."""
     from timm.utils.agc import adaptive_clip_grad
@@ -66,19 +67,26 @@ def make_timm_train_step(model, images, labels, clip_factor=0.01, bf16=False, fo
                                 weight_decay=1e-5, fused=fused)
     clipped = list(model.parameters())[:-2]  # timm's positional exclusion of the classifier
     forward = model if forward is None else forward
+    scaler = torch.amp.GradScaler(images.device.type) if precision == "fp16" else None
 
     def step():
-        with torch.autocast(images.device.type, torch.bfloat16, enabled=bf16):
+        with autocast(images.device, precision):
             loss = F.cross_entropy(forward(images).float(), labels, label_smoothing=0.1)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (scaler.scale(loss) if scaler else loss).backward()
+        if scaler:
+            scaler.unscale_(optimizer)
         if clip_factor:
             adaptive_clip_grad(clipped, clip_factor)
-        optimizer.step()
+        if scaler:
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            optimizer.step()
     return step
 
 
-def make_infer(model, images, bf16, compile_model=False):
+def make_infer(model, images, precision, compile_model=False):
     model.eval()
     if compile_model:
         import torch._inductor.config as inductor
@@ -87,7 +95,7 @@ def make_infer(model, images, bf16, compile_model=False):
 
     @torch.no_grad()
     def infer():
-        with torch.autocast(images.device.type, torch.bfloat16, enabled=bf16):
+        with autocast(images.device, precision):
             model(images)
     return infer
 
@@ -104,7 +112,7 @@ def ceiling(device=None, repeats=5):
 
 
 def bench(model_name="nfnet_s0", image_size=None, batch_size=16, num_classes=10, in_chans=None,
-          bf16=False, channels_last=True, clip_factor=0.01, repeats=10, device=None,
+          precision="fp32", channels_last=True, clip_factor=0.01, repeats=10, device=None,
           grad_checkpointing=False, peer=None, compile_model=False):
     """One record: train, inference and folded-inference img/s as [median, min, max], AGC's
     share of the step, achieved GFLOP/s; with `peer="timm"` the same for timm's model."""
@@ -119,12 +127,12 @@ def bench(model_name="nfnet_s0", image_size=None, batch_size=16, num_classes=10,
     images = images.contiguous(memory_format=fmt)
     labels = torch.randint(0, num_classes, (batch_size,), generator=g).to(device)
     forward = torch.compile(model) if compile_model else None
-    ours, optimizer = make_train_step(model, images, labels, clip_factor, bf16, forward)
+    ours, optimizer = make_train_step(model, images, labels, clip_factor, precision, forward)
     steps = [ours]
     if peer:
         peer_model = timm_peer(model_name, num_classes, device, fmt, model.cfg)
         peer_forward = torch.compile(peer_model) if compile_model else None
-        steps += [make_timm_train_step(peer_model, images, labels, clip_factor, bf16,
+        steps += [make_timm_train_step(peer_model, images, labels, clip_factor, precision,
                                        peer_forward, fused) for fused in (False, True)]
     train_times = time_calls(*steps, repeats=repeats)
     ours()  # fresh gradients for timing AGC alone
@@ -147,18 +155,18 @@ def bench(model_name="nfnet_s0", image_size=None, batch_size=16, num_classes=10,
     agc_times = [(t[1] - agc_times[0][1],) for t in agc_times[1:]]
     restore()
     clipped_fraction = clip_param_groups_(optimizer).item()
-    infers = [make_infer(model, images, bf16, compile_model)]
+    infers = [make_infer(model, images, precision, compile_model)]
     folded = fold_ws(copy.deepcopy(model))
-    infers.append(make_infer(folded, images, bf16, compile_model))
+    infers.append(make_infer(folded, images, precision, compile_model))
     if peer:
-        infers.append(make_infer(peer_model, images, bf16, compile_model))
-    # Reference points for the fast paths: timm's plain fp32 eager inference (what bf16 or
+        infers.append(make_infer(peer_model, images, precision, compile_model))
+    # Reference points for the fast paths: timm's plain fp32 eager inference (what bf16/fp16 or
     # compiling is measured against) and our own eager path (against a compiled peer).
     extra = {}
-    if peer and (bf16 or compile_model):
-        extra["peer_eager_fp32"] = make_infer(peer_model, images, False)
+    if peer and (precision != "fp32" or compile_model):
+        extra["peer_eager_fp32"] = make_infer(peer_model, images, "fp32")
     if compile_model:
-        extra["eager"] = make_infer(model, images, bf16)
+        extra["eager"] = make_infer(model, images, precision)
     infer_times = time_calls(*infers, *extra.values(), repeats=repeats)
     extra_times = dict(zip(extra, infer_times[len(infers):]))
 
@@ -166,7 +174,7 @@ def bench(model_name="nfnet_s0", image_size=None, batch_size=16, num_classes=10,
         return [round(batch_size / x, 1) for x in (t[0], t[2], t[1])]
     macs = count_macs(model, size)
     record = {"model": model_name, "image_size": size, "batch_size": batch_size,
-              "dtype": "bf16" if bf16 else "fp32", "channels_last": channels_last,
+              "dtype": precision, "channels_last": channels_last,
               "compile": compile_model, "grad_checkpointing": grad_checkpointing,
               "train_img_s": rate(train_times[0]), "infer_img_s": rate(infer_times[0]),
               "infer_folded_img_s": rate(infer_times[1]),

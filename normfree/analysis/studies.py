@@ -21,7 +21,7 @@ from ..figures import pyplot, save_figure
 from ..files import write_csv
 from ..nn.variants import bn_twin_name
 from ..nn.zoo import create_model
-from ..runtime import bf16_available, default_device
+from ..runtime import default_device, default_precision
 from ..training.config import preset
 from ..training.logs import read_metrics
 from ..training.loop import train
@@ -156,15 +156,15 @@ def _step_times(cfg, clip_factors, repeats=20):
     interleaved."""
     names = list(clip_factors)
     device = default_device(cfg.device)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    fmt = torch.contiguous_format if cfg.channels_last is False else torch.channels_last
     models = [create_model(name, 10).to(device, memory_format=fmt) for name in names]
     g = torch.Generator().manual_seed(0)
     size = cfg.image_size or models[0].cfg.train_size
     images = torch.randn(cfg.batch_size, models[0].cfg.in_chans, size, size, generator=g)
     images = images.to(device).contiguous(memory_format=fmt)
     labels = torch.randint(0, 10, (cfg.batch_size,), generator=g).to(device)
-    bf16 = bf16_available(device) if cfg.bf16 is None else cfg.bf16
-    steps = [make_train_step(model, images, labels, clip_factors[name], bf16)[0]
+    precision = cfg.precision or default_precision(device)
+    steps = [make_train_step(model, images, labels, clip_factors[name], precision)[0]
              for name, model in zip(names, models)]
     times = time_calls(*steps, repeats=repeats)
     return {name: round(t[0] * 1000, 2) for name, t in zip(names, times)}

@@ -52,6 +52,12 @@ class TensorBatches(Sharded):
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
+    def share(self, rank, world_size):
+        """Process `rank`'s share of an evaluation pass: every `world_size`-th image from
+        `rank`, so the processes together see each image once, however many there are."""
+        return TensorBatches(self.images[rank::world_size], self.labels[rank::world_size],
+                             self.batch_size, transform=self.transform)
+
     def __iter__(self):
         return self.iterate()
 

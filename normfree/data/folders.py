@@ -89,6 +89,12 @@ class FolderBatches(Sharded):
         super().shard(rank, world_size)
         self.loader = self._loader()
 
+    def share(self, rank, world_size):
+        """Process `rank`'s share of an evaluation pass (as `TensorBatches.share`)."""
+        dataset = ImageFiles(self.dataset.samples[rank::world_size], self.dataset.transform)
+        return FolderBatches(dataset, self.batch_size, bad_images=self.bad_images,
+                             workers=self.workers)
+
     @property
     def num_images(self):
         return self.size

@@ -67,9 +67,9 @@ def classifier_name(model):
                      "module named 'head.fc', 'fc', 'classifier' or 'head'")
 
 
-def param_groups(model, weight_decay, clip_factor=0.01):
+def param_groups(model, weight_decay, clip_factor=0.01, eps=1e-3):
     """Three optimizer groups (docs/architecture.md §8), each with its own `weight_decay` and
-    `clip_factor`:
+    `clip_factor` (AGC's λ; `eps`, its ε, goes with it):
 
     - weights (conv kernels, SE linear weights): decay and AGC;
     - gains, biases, skip gains (and BN affine parameters): AGC, no decay;
@@ -86,19 +86,22 @@ def param_groups(model, weight_decay, clip_factor=0.01):
             weights.append(p)
         else:
             others.append(p)
-    groups = [dict(params=weights, weight_decay=weight_decay, clip_factor=clip_factor),
-              dict(params=others, weight_decay=0.0, clip_factor=clip_factor),
+    clipping = dict(clip_factor=clip_factor, agc_eps=eps)
+    groups = [dict(params=weights, weight_decay=weight_decay, **clipping),
+              dict(params=others, weight_decay=0.0, **clipping),
               dict(params=head, weight_decay=weight_decay, clip_factor=None)]
     return [g for g in groups if g["params"]]
 
 
-def clip_param_groups_(optimizer, eps=1e-3):
-    """AGC on every optimizer group that has a `clip_factor`; returns the clipped-unit fraction."""
+def clip_param_groups_(optimizer):
+    """AGC on every optimizer group that has a `clip_factor` (with the group's `agc_eps`);
+    returns the clipped-unit fraction, or None when no group clips."""
     clipped, units = torch.tensor(0.0), 0
-    for group in optimizer.param_groups:
-        if group.get("clip_factor"):
-            params = [p for p in group["params"] if p.grad is not None]
-            n = sum(1 if p.ndim <= 1 else p.shape[0] for p in params)
-            clipped = clipped + adaptive_clip_grad_(params, group["clip_factor"], eps) * n
-            units += n
-    return clipped / max(units, 1)
+    groups = [g for g in optimizer.param_groups if g.get("clip_factor")]
+    for group in groups:
+        params = [p for p in group["params"] if p.grad is not None]
+        n = sum(1 if p.ndim <= 1 else p.shape[0] for p in params)
+        clipped = clipped + adaptive_clip_grad_(params, group["clip_factor"],
+                                                group["agc_eps"]) * n
+        units += n
+    return clipped / max(units, 1) if groups else None

@@ -241,7 +241,7 @@ def speed_record_path():
 
 # What does not change how long a step, a validation or the start-up takes.
 _NOT_SPEED = {"seed", "out_dir", "resume", "time_budget", "epochs", "steps", "progress",
-              "tensorboard", "checkpoint_every", "lr", "momentum", "weight_decay",
+              "tensorboard", "checkpoint_every", "lr", "lr_base", "momentum", "weight_decay",
               "warmup_epochs", "label_smoothing", "small_image_until"}
 
 

@@ -11,6 +11,7 @@ from typing import Optional
 from ..data import FMNIST_DIR
 from ..errors import ConfigError
 from ..nn.variants import list_models
+from ..runtime import PRECISIONS
 
 
 def _flag(default, description=None):
@@ -71,10 +72,17 @@ class TrainConfig:
     time_budget: Optional[str] = _flag(None, "wall-clock budget of the whole run (e.g. 15m, "
                                        "2h): sets --steps after timing the first steps, and "
                                        "again at each epoch's end")
-    batch_size: int = _flag(128, "global batch, over all processes")
+    batch_size: int = _flag(128, "global batch, over all processes and accumulation steps")
+    device_batch_size: Optional[int] = _flag(None, "micro-batch each process computes at once; "
+                                             "below --batch-size / processes, gradients "
+                                             "accumulate over micro-batches into one update; "
+                                             "none: the whole per-process batch")
     eval_batch_size: int = _flag(500)
     optimizer: str = _flag("sgd", "sgd (Nesterov) | adamw")
-    lr: float = _flag(0.2, "peak learning rate, after the linear warm-up")
+    lr: Optional[float] = _flag(0.2, "peak learning rate, after the linear warm-up (absolute; "
+                                "none: from --lr-base)")
+    lr_base: Optional[float] = _flag(None, "peak learning rate per 256 images: the peak is "
+                                     "LR_BASE × batch / 256, as the reference scales it")
     momentum: float = _flag(0.9, "SGD momentum")
     weight_decay: float = _flag(5e-5, "on weights only; coupled for SGD, decoupled for AdamW")
     warmup_epochs: float = _flag(1.0)
@@ -84,8 +92,11 @@ class TrainConfig:
     # execution
     seed: int = _flag(0)
     device: Optional[str] = _flag(None, "none: cuda if available, else cpu")
-    bf16: Optional[bool] = _flag(None, "bfloat16 autocast; none: where the hardware has it")
-    channels_last: bool = _flag(True)
+    precision: Optional[str] = _flag(None, "fp32 | bf16 | fp16 (autocast; fp16 with loss "
+                                     "scaling); none: bf16 where the hardware has it natively, "
+                                     "else fp16 on CUDA, else fp32")
+    channels_last: Optional[bool] = _flag(None, "channels_last memory format; none: on, but on "
+                                          "CUDA off for models with grouped convolutions")
     grad_checkpointing: bool = _flag(False, "recompute stage activations in backward")
     compile: bool = _flag(False, "torch.compile the training forward/backward")
     threads: int = _flag(0, "CPU threads; 0: all cores")
@@ -113,6 +124,9 @@ class TrainConfig:
         if budget is not None and not (parse_duration(budget) or 0) > 0:
             raise ConfigError(f"--time-budget must be a duration like 15m, 1h30m or 90s, got "
                               f"{budget!r}")
+        if (self.lr is None) == (self.lr_base is None):
+            raise ConfigError("give one of --lr (the absolute peak rate) and --lr-base (the peak "
+                              f"rate per 256 images), got --lr {self.lr} --lr-base {self.lr_base}")
         for name, allowed in _CHOICES.items():
             value = getattr(self, name)
             if value is not None and value not in allowed():
@@ -122,7 +136,8 @@ class TrainConfig:
 
 # Values no run can use, refused when a config is made: field → (check, the rule in words).
 _RULES = {
-    **dict.fromkeys(("epochs", "steps", "batch_size", "eval_batch_size", "in_chans",
+    **dict.fromkeys(("epochs", "steps", "batch_size", "device_batch_size", "eval_batch_size",
+                     "in_chans",
                      "image_size", "synthetic_size", "train_per_class"),
                     (lambda v: v >= 1, "at least 1")),
     **dict.fromkeys(("val_size", "eval_every", "crop_padding", "mixup_alpha", "cutmix_alpha",
@@ -138,7 +153,7 @@ _RULES = {
                     "LAYERS,MAGNITUDE (two whole numbers, e.g. 2,9)"),
     "classes": (lambda v: len(v) >= 2 and len(set(v)) == len(v) and min(v) >= 0,
                 "two or more distinct class indices, e.g. 0,1,2,3,4"),
-    "lr": (lambda v: v > 0, "positive"),
+    **dict.fromkeys(("lr", "lr_base"), (lambda v: v > 0, "positive")),
 }
 
 # String fields and the values they take (functions: the model list is built on demand).
@@ -148,6 +163,7 @@ _CHOICES = {
     "dataset": lambda: ("fashion-mnist", "folder", "synthetic"),
     "optimizer": lambda: ("sgd", "adamw"),
     "bad_images": lambda: ("skip", "stop"),
+    "precision": lambda: PRECISIONS,
 }
 
 
@@ -177,13 +193,15 @@ PRESETS = {
                      stochastic_depth=0.1, ema_decay=0.999),
     "debug": dict(model="nfnet_tiny", dataset="synthetic", image_size=16, synthetic_size=512,
                   val_size=128, epochs=2, batch_size=32, eval_batch_size=128, ema_decay=0.9,
-                  crop_padding=0, warmup_epochs=0.5, lr=0.05, bf16=False, tta_flip=False),
-    # The reference ImageNet recipe (docs/architecture.md §11), for users with the hardware
-    # (batch 4096 across devices).
+                  crop_padding=0, warmup_epochs=0.5, lr=0.05, precision="fp32",
+                  tta_flip=False),
+    # The reference ImageNet recipe (docs/architecture.md §11): batch 4096 over the devices
+    # there are, accumulated where they hold less (--device-batch-size); the peak rate 0.1 per
+    # 256 images (1.6 at 4096) follows the batch; precision: the hardware's.
     "imagenet-f0": dict(model="nfnet_f0", dataset="folder", image_size=192, epochs=360,
-                        batch_size=4096, lr=1.6, weight_decay=2e-5, warmup_epochs=5,
-                        clip_factor=0.01, ema_decay=0.99999, randaugment=(4, 5),
-                        mixup_alpha=0.2, cutmix_alpha=1.0, val_size=10000, bf16=True,
+                        batch_size=4096, lr=None, lr_base=0.1, weight_decay=2e-5,
+                        warmup_epochs=5, clip_factor=0.01, ema_decay=0.99999,
+                        randaugment=(4, 5), mixup_alpha=0.2, cutmix_alpha=1.0, val_size=10000,
                         stochastic_depth=0.25),
 }
 
@@ -212,6 +230,9 @@ def preset(name, **overrides):
     values = {**PRESETS[name], **overrides}
     if {"epochs", "steps"} & set(overrides) and "time_budget" not in overrides:
         values["time_budget"] = None  # a length given replaces the preset's budget
+    for given, other in (("lr", "lr_base"), ("lr_base", "lr")):
+        if given in overrides and other not in overrides:
+            values[other] = None  # one way of stating the peak rate replaces the other
     unknown = sorted(set(values) - {f.name for f in fields(TrainConfig)})
     if unknown:
         raise ConfigError(f"unknown TrainConfig field(s) {unknown}")
@@ -298,8 +319,16 @@ def to_dict(cfg):
     return dataclasses.asdict(cfg)
 
 
+def peak_lr(cfg):
+    """The learning rate after the warm-up: --lr, or --lr-base scaled by the batch."""
+    return cfg.lr if cfg.lr_base is None else cfg.lr_base * cfg.batch_size / 256
+
+
 def from_dict(values):
     known = {f.name for f in fields(TrainConfig)}
+    if "bf16" in values and "precision" not in values:  # written before --precision
+        bf16 = values["bf16"]
+        values = {**values, "precision": None if bf16 is None else "bf16" if bf16 else "fp32"}
     values = {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items()
               if k in known}
     return TrainConfig(**values)

@@ -53,17 +53,20 @@ class EpochTally:
     """Running sums of one epoch's training metrics (checkpointed mid-epoch)."""
 
     def __init__(self, batches=0, seen=0, correct=0, loss_sum=0.0, clipped_sum=0.0,
-                 seconds=0.0):
+                 seconds=0.0, skipped_steps=0):
         self.batches, self.seen, self.correct = batches, seen, correct
         self.loss_sum, self.clipped_sum, self.seconds = loss_sum, clipped_sum, seconds
+        self.skipped_steps = skipped_steps
         self._since = time.time()
 
-    def add(self, loss, logits, labels, clipped):
+    def add(self, step, labels):
+        """Count a `StepResult` on a batch of `labels`."""
         self.batches += 1
         self.seen += len(labels)
-        self.correct += (logits.argmax(1) == labels).sum().item()
-        self.loss_sum += loss.item() * len(labels)
-        self.clipped_sum += 0.0 if clipped is None else clipped.item()
+        self.correct += (step.logits.argmax(1) == labels).sum().item()
+        self.loss_sum += step.loss.item() * len(labels)
+        self.clipped_sum += 0.0 if step.clipped is None else step.clipped.item()
+        self.skipped_steps += step.skipped
         now = time.time()
         self.seconds, self._since = self.seconds + now - self._since, now
 
@@ -76,7 +79,7 @@ class EpochTally:
         seen, correct, loss_sum = distributed.sum_across(
             procs, [self.seen, self.correct, self.loss_sum], device)
         return EpochTally(self.batches, int(seen), int(correct), loss_sum, self.clipped_sum,
-                          self.seconds)
+                          self.seconds, self.skipped_steps)
 
     def summary(self):
         return {"train_loss": self.loss_sum / self.seen,

@@ -2,16 +2,18 @@
 
 Restore (or start) → epochs of `train_step`s with checkpoints → validation, where raw vs EMA
 weights are chosen → test, export and results. Under torchrun each process trains its part of
-every global batch (`distributed.py`); rank 0 alone logs and writes files.
+every global batch (`distributed.py`), in micro-batches where it cannot hold its part at once,
+and evaluates its share of the validation and test images; rank 0 alone logs and writes files.
 """
 
+import contextlib
 import json
 import math
 import time
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
-from typing import Any, Optional
 
 import torch
 from torch import nn
@@ -28,72 +30,15 @@ from . import distributed
 from .budget import (StepTimer, budget_left, plan_budget, refuse_known_too_small,
                      validates_periodically)
 from .checkpoints import load_checkpoint, rng_states, save_checkpoint, set_rng_states
-from .config import TrainConfig, describe, from_dict, to_dict
+from .config import TrainConfig, describe, from_dict, peak_lr, to_dict
 from .logs import EpochTally, MetricsLog, plot_curves
-from .optim import (EMA, batch_mixer, build_optimizer, load_optimizer_state, lr_at, train_step,
-                    warmup_steps)
-from .resizing import downscaled, is_small, pixel_share, small_size
+from .optim import EMA, batch_mixer, build_optimizer, load_optimizer_state, train_step
+from .resizing import downscaled, pixel_share
 from .resume import config_differences, make_run_dir, run_dir
 from .runs import (compiled, evaluate_as_configured, freeze, initialise_from, memory_format,
-                   model_for, preprocessing_of, resolve_config)
+                   micro_batch_size, model_for, preprocessing_of, resolve_config)
+from .state import Run
 from .signals import StopOnSignal
-
-
-@dataclass
-class Run:
-    """Everything one training process works with, and where it has got to."""
-
-    cfg: TrainConfig
-    started: float  # time.time() when the run would have started, had it never stopped
-    procs: distributed.Processes
-    device: torch.device
-    out: Path
-    data: Any
-    model: nn.Module
-    forward: Any  # the model as train steps call it: DDP-wrapped and compiled where asked
-    optimizer: torch.optim.Optimizer
-    ema: Optional[EMA]
-    mix: Any
-    normalize: Normalize
-    log: Optional[MetricsLog] = None
-    step: int = 0
-    epoch: int = 0
-    selected: Optional[tuple] = None  # ("raw" or "ema", validation top-1) at the last validation
-    timer: Optional[StepTimer] = None  # times the steps a budgeted run plans from
-    plan: Optional[dict] = None  # what a budgeted run measured and chose
-    image_size: Optional[int] = None  # of the last step's batch (a new size compiles anew)
-
-    @property
-    def steps_per_epoch(self):
-        return len(self.data.train)
-
-    @property
-    def total_steps(self):
-        """Steps of the whole run; None while a budgeted run has not yet timed its steps."""
-        if self.cfg.steps:
-            return self.cfg.steps
-        return None if self.cfg.time_budget else self.cfg.epochs * self.steps_per_epoch
-
-    @property
-    def num_epochs(self):
-        total = self.total_steps
-        return None if total is None else math.ceil(total / self.steps_per_epoch)
-
-    @property
-    def warmup_steps(self):
-        return warmup_steps(self.cfg, self.steps_per_epoch)
-
-    def lr(self):
-        """The schedule's rate at this step (while the length is unknown: warm-up, then the
-        peak rate)."""
-        return lr_at(self.step, self.cfg.lr, self.warmup_steps, self.total_steps or math.inf,
-                     self.plan and self.plan.get("bend"))
-
-    def train_image_size(self):
-        """The size of this step's batch: small early on with progressive resizing."""
-        small = is_small(self.cfg, self.step, self.warmup_steps, self.total_steps,
-                         self.plan and self.plan.get("bend"))
-        return small_size(self.cfg, self.data.image_size) if small else self.data.image_size
 
 
 def train(cfg: TrainConfig):
@@ -121,6 +66,7 @@ def _train(cfg, procs, device):
     path = out / "checkpoint.pt"
     state = load_checkpoint(path, map_location=device) if cfg.resume and path.is_file() else None
     cfg, source = resolve_config(cfg, device, state and state["config"])
+    micro_batch_size(cfg, procs.world_size)  # refused before any data is read
     if cfg.time_budget and not cfg.steps:
         refuse_known_too_small(cfg, procs)
     run = build_run(cfg, started, procs, device, out, source)  # reads the data: checks it
@@ -137,10 +83,9 @@ def _train(cfg, procs, device):
     with StopOnSignal() as stop:
         while run.num_epochs is None or epoch < run.num_epochs:
             tally = train_epoch(run, epoch, stop, state if epoch == first else None)
-            if procs.main:
-                end_epoch(run, epoch, tally)
+            end_epoch(run, epoch, tally)
             epoch += 1
-    return finish(run) if procs.main else None
+    return finish(run)
 
 
 def finished(run):
@@ -154,20 +99,26 @@ def finished(run):
 
 
 def data_for(cfg, procs):
-    """The run's data; a batch larger than the training set shrinks to fit it (said)."""
+    """The run's data, validation and test split over the processes; a batch larger than the
+    training set shrinks to fit it (said)."""
     data = make_data(cfg)
     if len(data.train) == 0:  # fewer training images than one batch
         images = data.train.num_images
-        batch = images - images % procs.world_size
+        unit = procs.world_size * (cfg.device_batch_size or 1)
+        batch = images - images % unit
         if batch < 1:
             raise ConfigError(f"{images} training images cannot be shared by "
-                              f"{procs.world_size} processes")
+                              f"{procs.world_size} processes in micro-batches of "
+                              f"{cfg.device_batch_size or 1}")
         if procs.main:
             print(f"--batch-size {cfg.batch_size} is more than the {images} training images: "
                   f"using batches of {batch}", flush=True)
         cfg = replace(cfg, batch_size=batch)
         data = make_data(cfg)
     data.train.shard(procs.rank, procs.world_size)
+    if procs.distributed:
+        data.val = data.val and data.val.share(procs.rank, procs.world_size)
+        data.test = data.test.share(procs.rank, procs.world_size)
     return cfg, data
 
 
@@ -184,10 +135,13 @@ def build_run(cfg, started, procs, device, out, source):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=memory_format(cfg))
     # DDP averages the gradients during backward, so AGC clips the global-batch gradient
-    forward = compiled(ddp(model) if procs.distributed else model, cfg, device)
-    return Run(cfg, started, procs, device, out, data, model, forward, build_optimizer(cfg, model),
-               EMA(model, cfg.ema_decay) if cfg.ema_decay else None,
-               batch_mixer(cfg, len(data.classes)), Normalize(data.mean, data.std).to(device))
+    wrapped = ddp(model) if procs.distributed else model
+    return Run(cfg, started, procs, device, out, data, model, compiled(wrapped, cfg, device),
+               build_optimizer(cfg, model), EMA(model, cfg.ema_decay) if cfg.ema_decay else None,
+               batch_mixer(cfg, len(data.classes)), Normalize(data.mean, data.std).to(device),
+               micro_batch_size(cfg, procs.world_size),
+               torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None,
+               wrapped.no_sync if procs.distributed else contextlib.nullcontext)
 
 
 def ddp(model):
@@ -210,6 +164,9 @@ def restore(run, state, path):
     if run.ema is not None:
         run.ema.module.load_state_dict(state["ema"])
     run.step, run.epoch, run.selected = state["step"], state["epoch"], state["selected"]
+    run.skipped_steps = state.get("skipped_steps", 0)
+    if run.scaler is not None and state.get("scaler"):
+        run.scaler.load_state_dict(state["scaler"])
     run.plan = state.get("budget")
     run.started -= state.get("train_seconds", 0.0)  # the time of the earlier processes
 
@@ -220,9 +177,14 @@ def announce(run):
         return
     params = sum(p.numel() for p in run.model.parameters())
     over = f" over {run.procs.world_size} processes" if run.procs.distributed else ""
+    per_process = run.cfg.batch_size // run.procs.world_size
+    accumulate = (f", {per_process // run.micro_batch} micro-batches of {run.micro_batch} a step"
+                  if run.micro_batch < per_process else "")
+    scaled = (f", peak lr {peak_lr(run.cfg):.4g} ({run.cfg.lr_base:g} × {run.cfg.batch_size}"
+              "/256)" if run.cfg.lr_base else "")
     print(f"normfree train: {run.cfg.model} on {run.cfg.dataset}, {params:,} params, "
-          f"{run.steps_per_epoch} steps/epoch{over}, output in {run.out}\n"
-          f"{describe(run.cfg)}", flush=True)
+          f"{run.steps_per_epoch} steps/epoch{over}{accumulate}{scaled}, {run.cfg.precision}, "
+          f"output in {run.out}\n{describe(run.cfg)}", flush=True)
     if run.step:
         print(f"resuming {run.out} from step {run.step} (epoch {run.epoch + 1} of "
               f"{run.num_epochs or '?'})", flush=True)
@@ -241,7 +203,8 @@ def save_run_checkpoint(run, epoch, tally=None):
             "ema": run.ema.module.state_dict() if run.ema else None, "step": run.step,
             "epoch": epoch, "tally": tally and tally.state(), "rng": rng,
             "selected": run.selected, "train_seconds": time.time() - run.started,
-            "budget": run.plan,
+            "budget": run.plan, "skipped_steps": run.skipped_steps,
+            "scaler": run.scaler and run.scaler.state_dict(),
             "config": to_dict(run.cfg), "model_name": run.cfg.model,
             "layout": layout_of(run.model), "classes": list(run.data.classes)})
 
@@ -271,13 +234,17 @@ def train_epoch(run, epoch, stop, resumed=None):
         for group in run.optimizer.param_groups:
             group["lr"] = lr
         previous_size, size = run.image_size, run.train_image_size()
-        images, labels = on_device(run, images, size), labels.to(run.device, non_blocking=True)
-        loss, clipped, logits = train_step(run.forward, run.optimizer, images, labels, cfg,
-                                           run.mix, run.step + 1)
+        result = train_step(run.forward, run.optimizer, images, labels,
+                            micro_batch=run.micro_batch,
+                            prepare=partial(on_device, run, size=size),
+                            label_smoothing=cfg.label_smoothing, precision=cfg.precision,
+                            scaler=run.scaler, mix=run.mix, no_sync=run.no_sync,
+                            step=run.step + 1)
         run.step, run.image_size = run.step + 1, size
+        run.skipped_steps += result.skipped
         if run.ema is not None:
             run.ema.update(run.model, run.step)
-        tally.add(loss, logits, labels, clipped)
+        tally.add(result, labels.to(run.device, non_blocking=True))
         # a step at a new size (and a process's first) compiled: not one to time
         if run.timer is not None and run.timer.after_step(
                 run.step, pixel_share(size, run.data.image_size), size != previous_size):
@@ -307,8 +274,12 @@ def on_device(run, images, size):
     return images.contiguous(memory_format=memory_format(run.cfg))
 
 
-def validate(run, model):
-    return evaluate_as_configured(run.cfg, model, run.data.val, run.normalize)
+def evaluate_shared(run, model, batches, what="validation images"):
+    """`evaluate` on every process's share of `batches`, the counts summed over them (a
+    collective under DDP: every process calls it)."""
+    return evaluate_as_configured(
+        run.cfg, model, batches, run.normalize, what,
+        lambda totals: distributed.sum_across(run.procs, totals, run.device))
 
 
 def select_weights(val, val_ema, has_ema):
@@ -321,16 +292,23 @@ def select_weights(val, val_ema, has_ema):
 
 
 def end_epoch(run, epoch, tally):
-    """Rank 0: validate when due (always after the last epoch, where raw vs EMA is chosen),
-    print and log the epoch, checkpoint."""
+    """Validate when due (always after the last epoch, where raw vs EMA is chosen), every
+    process its share; then rank 0 prints and logs the epoch and checkpoints."""
     cfg = run.cfg
     due = run.step == run.total_steps or validates_periodically(epoch + 1, cfg.eval_every)
-    val = validate(run, run.model) if due and run.data.val else None
-    val_ema = validate(run, run.ema.module) if due and run.data.val and run.ema else None
+    val = evaluate_shared(run, run.model, run.data.val) if due and run.data.val else None
+    val_ema = (evaluate_shared(run, run.ema.module, run.data.val)
+               if due and run.data.val and run.ema else None)
+    if due:
+        run.selected = select_weights(val, val_ema, run.ema is not None)
+    if not run.procs.main:
+        return
     lr = run.lr()
     row = {"epoch": epoch + 1, "step": run.step, **tally.summary(), "lr": lr,
            "val_loss": val and val["loss"], "val_acc": val and val["top1"],
            "val_acc_ema": val_ema and val_ema["top1"]}
+    if run.scaler is not None:
+        row["skipped_steps"] = tally.skipped_steps
     print(f"epoch {epoch + 1:3d}/{run.num_epochs}  loss {row['train_loss']:.4f}  "
           f"train {row['train_acc']:.2f}%" + (f"  val {val['top1']:.2f}%" if val else "")
           + (f"  val(EMA) {val_ema['top1']:.2f}%" if val_ema else "")
@@ -338,8 +316,6 @@ def end_epoch(run, epoch, tally):
           f"{100 * row['agc_clipped']:.1f}% of units  ({row['epoch_seconds']:.0f}s)", flush=True)
     report_skipped("training", run.data.train)
     report_skipped("validation", run.data.val)
-    if due:
-        run.selected = select_weights(val, val_ema, run.ema is not None)
     save_run_checkpoint(run, epoch + 1)
     run.log.append(row)  # after the checkpoint: a resumed run rewrites rows it redoes
 
@@ -353,12 +329,15 @@ def report_skipped(split, batches):
 
 
 def finish(run):
-    """Test the chosen weights; write curves.png, model.safetensors and results.json."""
+    """Test the chosen weights (every process its share); rank 0 writes curves.png,
+    model.safetensors and results.json and returns the results."""
     cfg, out = run.cfg, run.out
-    run.log.close()
     use_ema = run.ema is not None and run.selected and run.selected[0] == "ema"
     chosen = run.ema.module if use_ema else run.model
-    test = evaluate_as_configured(cfg, chosen, run.data.test, run.normalize, "test images")
+    test = evaluate_shared(run, chosen, run.data.test, "test images")
+    if not run.procs.main:
+        return None
+    run.log.close()
     report_skipped("test", run.data.test)
     plot_curves(out / "metrics.csv", out / "curves.png")
     export_weights(chosen, out / "model.safetensors",
@@ -370,7 +349,8 @@ def finish(run):
                "val_top1": run.selected[1] if run.selected else None,
                "epochs": run.num_epochs, "steps": run.step,
                "train_seconds": time.time() - run.started, "budget": run.plan,
-               "seed": cfg.seed, "machine": machine_info(), "out_dir": str(out),
+               "skipped_steps": run.skipped_steps, "seed": cfg.seed,
+               "machine": machine_info(), "out_dir": str(out),
                "skipped_images": {split: len(getattr(batches, "skipped", ())) for split, batches
                                   in (("train", run.data.train), ("test", run.data.test))}}
     save_json(out / "results.json", results)

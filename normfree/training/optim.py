@@ -6,14 +6,19 @@ AGC on the raw gradient before coupled weight decay, label smoothing, EMA of the
 the (1 + t)/(10 + t) warm-up.
 """
 
+import contextlib
 import copy
 import math
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from ..errors import ConfigError, TrainingDiverged
+from ..runtime import autocast
+from .config import peak_lr
 from .agc import clip_param_groups_, param_groups
 
 
@@ -64,22 +69,34 @@ class EMA:
 
 
 def build_optimizer(cfg, model):
-    groups = param_groups(model, cfg.weight_decay, cfg.clip_factor or None)
+    """The optimizer a `TrainConfig` asks for, at its peak learning rate."""
+    return make_optimizer(model, cfg.optimizer, peak_lr(cfg), cfg.momentum, cfg.weight_decay,
+                          cfg.clip_factor, cfg.agc_eps)
+
+
+def make_optimizer(model, name="sgd", lr=0.1, momentum=0.9, weight_decay=0.0, clip_factor=None,
+                   agc_eps=1e-3):
+    """Nesterov SGD or AdamW over AGC's parameter groups (`clip_factor` None or 0: no AGC)."""
+    groups = param_groups(model, weight_decay, clip_factor or None, agc_eps)
     # The fused kernels update each tensor in one pass; the default multi-tensor path makes
     # several passes over all weights (docs/benchmarks.md: fused SGD).
     fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters())
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True,
-                               fused=fused)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, fused=fused)
-    raise ConfigError(f"--optimizer must be 'sgd' or 'adamw', got {cfg.optimizer!r}")
+    if name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, nesterov=True, fused=fused)
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, fused=fused)
+    raise ConfigError(f"--optimizer must be 'sgd' or 'adamw', got {name!r}")
 
 
 def load_optimizer_state(optimizer, state):
     """`optimizer.load_state_dict`, then every per-parameter buffer laid out like its parameter:
-    fused kernels walk parameter, gradient and buffers in memory order, ignoring strides."""
+    fused kernels walk parameter, gradient and buffers in memory order, ignoring strides. AGC's
+    settings stay the config's (checkpoints before `agc_eps` moved into the groups lack it)."""
+    clipping = [{k: g[k] for k in ("clip_factor", "agc_eps") if k in g}
+                for g in optimizer.param_groups]
     optimizer.load_state_dict(state)
+    for group, settings in zip(optimizer.param_groups, clipping):
+        group.update(settings)
     for param, buffers in optimizer.state.items():
         for name, value in buffers.items():
             if (torch.is_tensor(value) and value.shape == param.shape
@@ -105,24 +122,65 @@ def batch_mixer(cfg, num_classes):
     return mix
 
 
-def train_step(model, optimizer, images, labels, cfg, mix=None, step=None):
-    """One optimisation step (number `step`, for messages); returns (loss, fraction of units
-    AGC clipped, logits).
+@dataclass
+class StepResult:
+    """What one update did: the mean loss and the logits over this process's part of the global
+    batch, the fraction of units AGC clipped (None without AGC), and whether fp16 loss scaling
+    skipped the update (a gradient overflowed)."""
 
-    `model` may be the `torch.compile`d module; the optimizer holds the parameters either way.
+    loss: torch.Tensor
+    logits: torch.Tensor
+    clipped: Optional[torch.Tensor]
+    skipped: bool = False
+
+
+def train_step(model, optimizer, images, labels, *, micro_batch=None, prepare=None,
+               label_smoothing=0.0, precision="fp32", scaler=None, mix=None,
+               no_sync=contextlib.nullcontext, step=None):
+    """One optimizer update on this process's part of a global batch (`images`, `labels`).
+
+    The batch runs through the model `micro_batch` images at a time (all at once by default),
+    `prepare` (e.g. to the device, normalised) applied to each; their gradients accumulate into
+    that of the whole batch's mean loss. Under DDP `no_sync` (the module's) keeps all but the
+    last micro-batch from all-reducing, so AGC, like the update, sees the global-batch gradient
+    once. With fp16, `scaler` (a `GradScaler`) scales the loss, and AGC clips the unscaled
+    gradient. `model` may be the `torch.compile`d module; the optimizer holds the parameters
+    either way. `step` numbers the update in messages.
     """
-    targets = labels
-    if mix is not None:
-        images, targets = mix(images, labels)
-    with torch.autocast(images.device.type, torch.bfloat16, enabled=cfg.bf16):
-        logits = model(images)
-    loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
-    if not torch.isfinite(loss):
-        raise TrainingDiverged(f"loss is {loss.item()} at step {step}: training diverged. Try "
-                               "a lower --lr or a smaller --clip-factor; the last good "
-                               "checkpoint is kept.", step)
+    count = len(labels)
+    micro_batch = micro_batch or count
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    clipped = clip_param_groups_(optimizer, cfg.agc_eps) if cfg.clip_factor else None
-    optimizer.step()
-    return loss.detach(), clipped, logits.detach()
+    total, all_logits = 0.0, []
+    chunks = list(zip(images.split(micro_batch), labels.split(micro_batch)))
+    for i, (chunk, chunk_labels) in enumerate(chunks):
+        chunk = prepare(chunk) if prepare else chunk
+        chunk_labels = chunk_labels.to(chunk.device, non_blocking=True)
+        targets = chunk_labels
+        if mix is not None:
+            chunk, targets = mix(chunk, chunk_labels)
+        with no_sync() if i < len(chunks) - 1 else contextlib.nullcontext():
+            with autocast(chunk.device, precision):
+                logits = model(chunk)
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp16/bf16
+            loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+            loss = loss * (len(chunk_labels) / count)  # the whole batch's mean
+            (scaler.scale(loss) if scaler else loss).backward()
+        total = total + loss.detach()
+        all_logits.append(logits.detach())
+    if scaler is None and not torch.isfinite(total):
+        raise TrainingDiverged(f"loss is {total.item()} at step {step}: training diverged. "
+                               "Try a lower --lr" + (" or a smaller --clip-factor" if any(
+                                   g.get("clip_factor") for g in optimizer.param_groups) else "")
+                               + "; the last good checkpoint is kept.", step)
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    clipped = clip_param_groups_(optimizer)
+    skipped = False
+    if scaler is not None:
+        scale = scaler.get_scale()
+        scaler.step(optimizer)
+        scaler.update()
+        skipped = scaler.get_scale() < scale  # an inf/NaN gradient: no update, a smaller scale
+    else:
+        optimizer.step()
+    return StepResult(total, torch.cat(all_logits), clipped, skipped)

@@ -13,8 +13,9 @@ from .config import PRESETS, TrainConfig, from_dict, preset
 
 # Settings that change how a run executes, not what it computes: a resumed run may change them.
 EXECUTION_FIELDS = frozenset({"resume", "progress", "tensorboard", "threads", "workers",
-                              "out_dir", "device", "bf16", "compile", "grad_checkpointing",
-                              "checkpoint_every"})
+                              "out_dir", "device", "precision", "compile",
+                              "grad_checkpointing", "checkpoint_every", "device_batch_size",
+                              "channels_last"})
 RUNS_ROOT = Path("runs")
 
 

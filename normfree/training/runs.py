@@ -16,7 +16,7 @@ from ..errors import CheckpointError, ConfigError
 from ..evaluation import evaluate
 from ..nn.variants import get_config
 from ..nn.zoo import create_model
-from ..runtime import bf16_available, default_device
+from ..runtime import check_precision, default_device, default_precision
 from ..weights.metadata import check_layout
 from ..weights.pretrained import load_pretrained, reference_preprocessing
 from .checkpoints import load_checkpoint
@@ -41,8 +41,9 @@ def resolve_config(cfg, device, saved=None):
     if saved is not None:
         cfg = replace(cfg, **{k: saved[k] for k in ("model", "numerics", "image_size", "steps")
                               if getattr(cfg, k) is None and k in saved})
-    if cfg.bf16 is None:
-        cfg = replace(cfg, bf16=bf16_available(device))
+    if cfg.precision is None:
+        cfg = replace(cfg, precision=default_precision(device))
+    check_precision(cfg.precision, device)
     if cfg.init_from and saved is None:
         source = load_pretrained(cfg.init_from, cfg.model, device)
         cfg = replace(cfg, model=source.name, numerics=cfg.numerics or source.numerics)
@@ -50,7 +51,31 @@ def resolve_config(cfg, device, saved=None):
         raise ConfigError("--model: none given and no --init-from weights to take it from")
     if cfg.image_size is None:
         cfg = replace(cfg, image_size=get_config(cfg.model).train_size)
+    if cfg.channels_last is None:
+        cfg = replace(cfg, channels_last=channels_last_pays(cfg.model, device))
     return cfg, source
+
+
+def channels_last_pays(model_name, device):
+    """channels_last, but on CUDA for models without grouped convolutions only: timm's training
+    benchmark (RTX 3090, PyTorch 1.12) has dm_nfnet_f0 training 2.4× slower in channels_last,
+    because of its grouped convolutions, and no GPU has measured normfree's yet
+    (scripts/gpu_check.sh times both)."""
+    return device.type != "cuda" or not get_config(model_name).group_width
+
+
+def micro_batch_size(cfg, world_size):
+    """How many images each process computes at once: --device-batch-size, or its whole part of
+    the global batch. The global batch must be a whole number of micro-batches on every
+    process."""
+    micro = cfg.device_batch_size or max(cfg.batch_size // world_size, 1)
+    if cfg.batch_size % (world_size * micro):
+        processes = f"{world_size} process{'es' if world_size > 1 else ''}"
+        given = (f"{processes} × --device-batch-size {micro}" if cfg.device_batch_size
+                 else processes)
+        raise ConfigError(f"--batch-size {cfg.batch_size} (the global batch) must be a multiple "
+                          f"of {given} = {world_size * micro}")
+    return micro
 
 
 def initialise_from(model, source, classes):
@@ -105,10 +130,12 @@ def memory_format(cfg):
     return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
 
-def evaluate_as_configured(cfg, model, batches, normalize, what="validation images"):
-    """`evaluate` with the run's flip TTA, bf16 and memory format."""
-    return evaluate(model, batches, normalize, tta_flip=cfg.tta_flip, bf16=cfg.bf16,
-                    memory_format=memory_format(cfg), what=what)
+def evaluate_as_configured(cfg, model, batches, normalize, what="validation images",
+                           sum_across=None):
+    """`evaluate` with the run's flip TTA, precision and memory format (`sum_across`: see
+    `evaluate`)."""
+    return evaluate(model, batches, normalize, tta_flip=cfg.tta_flip, precision=cfg.precision,
+                    memory_format=memory_format(cfg), what=what, sum_across=sum_across)
 
 
 def evaluate_checkpoint(path, data_dir=None, split="test", device=None):
