@@ -189,7 +189,7 @@ def test_randaugment_alone_keeps_the_per_image_pipeline(randaugment, kind):
     assert train_augmentation(off, SIZE) == {}
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_cuda_batches_are_augmented_on_the_device():
     images = random_images(16).cuda()
     augment = BatchAugment(2, True, 0.5)

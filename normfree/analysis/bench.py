@@ -24,7 +24,8 @@ from ..weights.deploy import fold_ws
 TIMM_PEERS = {**{f"nfnet_f{i}": f"dm_nfnet_f{i}" for i in range(7)},
               "nf_resnet26": "nf_resnet26", "nf_resnet50": "nf_resnet50",
               "nf_resnet101": "nf_resnet101", "nf_regnet_b0": "nf_regnet_b0",
-              "nf_regnet_b1": "nf_regnet_b1"}
+              "nf_regnet_b1": "nf_regnet_b1", "nfnet_l0": "nfnet_l0",
+              "eca_nfnet_l0": "eca_nfnet_l0"}
 
 
 def time_calls(*fns, warmup=3, repeats=10):
