@@ -197,6 +197,14 @@ def build_parser(help_preset=DEFAULT_PRESET):
     p.add_argument("--compile", action="store_true",
                    help="torch.compile both (inference with inductor freezing)")
     p.add_argument("--json", action="store_true", help="print the record as one JSON line")
+    p.add_argument("--loader", action="store_true",
+                   help="instead: the imagenet-f0 training input pipeline's images/s per "
+                        "worker, against timm's loader (rand-m5-n4) on the same JPEG folder")
+    p.add_argument("--data", default=None,
+                   help="--loader: an ImageFolder tree with train/ and val/; default: "
+                        "generated photo-like JPEGs (~400×350)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="--loader: worker processes per loader (default: %(default)s)")
     p.add_argument("--ceiling", action="store_true",
                    help="also measure the machine's GEMM and 3×3 conv GFLOP/s")
 

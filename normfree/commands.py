@@ -11,6 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .analysis.bench import bench, ceiling, format_record, train_peak_memory
+from .analysis.loader_bench import bench_loader
 from .analysis.hypothesis import (datasize_study, difference_table, gap_growth_table,
                                   plot_datasize, plot_transfer, summary_table,
                                   transfer_gain_table, transfer_study)
@@ -111,7 +112,10 @@ def cmd_export(args):
 
 
 def cmd_bench(args):
-    if args.memory:
+    if args.loader:
+        record = bench_loader(args.data, args.batch_size, args.image_size or 192, args.workers,
+                              peer=args.peer)
+    elif args.memory:
         record = train_peak_memory(args.model, args.image_size or 192, args.batch_size,
                                    args.grad_checkpointing)
     else:
