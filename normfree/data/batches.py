@@ -106,3 +106,8 @@ class Data:
     mean: tuple
     std: tuple
     train_eval: object = None  # the training images unaugmented, in order (train accuracy)
+    test_size: int = None  # the side of evaluated images (None: image_size)
+    test_is_val: bool = False  # the test split is the validation split: choose nothing on it
+
+    def __post_init__(self):
+        self.test_size = self.test_size or self.image_size

@@ -169,7 +169,9 @@ def make_folder_data(cfg):
     """Training data from DIR/train (and DIR/val, DIR/test when present) ImageFolder trees.
 
     Without DIR/val, `cfg.val_size` training images (a fixed random subset) are held out; without
-    DIR/test the validation images stand in for the test set.
+    DIR/test the validation images stand in for the test set (`Data.test_is_val`: then nothing
+    may be chosen on them). Evaluation sees the centre `cfg.test_size` crop of the whole image
+    resized to `test_size + 32` a side.
     """
     root = Path(cfg.data_dir or "")
     if not (root / "train").is_dir():
@@ -177,7 +179,8 @@ def make_folder_data(cfg):
                         "subfolder (train/<class>/<image>), and optionally 'val' and 'test'")
     size = cfg.image_size
     train_tf = folder_train_transform(size, cfg.flip, cfg.randaugment, cfg.random_erasing)
-    eval_tf = image_transform(size, size + 32)
+    test_size = cfg.test_size or size
+    eval_tf = image_transform(test_size, test_size + 32)
     train, classes = folder_samples(root / "train")
     splits = {}
     for split in ("val", "test"):
@@ -194,6 +197,7 @@ def make_folder_data(cfg):
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
         splits["val"] = [train[i] for i in order[:cfg.val_size]]
         train = [train[i] for i in order[cfg.val_size:]]
+    test_is_val = "test" not in splits and bool(splits["val"])
     splits.setdefault("test", splits["val"])
     if not splits["test"]:
         raise DataError(f"{root}: nothing to evaluate on: add a 'val' or 'test' subfolder, or "
@@ -208,4 +212,4 @@ def make_folder_data(cfg):
                      else None),
                 test=batches(splits["test"], eval_tf, cfg.eval_batch_size),
                 classes=classes, in_chans=3, image_size=size, mean=IMAGENET_MEAN,
-                std=IMAGENET_STD)
+                std=IMAGENET_STD, test_size=test_size, test_is_val=test_is_val)

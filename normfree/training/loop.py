@@ -37,6 +37,7 @@ from .resizing import downscaled, pixel_share
 from .resume import config_differences, make_run_dir, run_dir
 from .runs import (compiled, evaluate_as_configured, freeze, initialise_from, memory_format,
                    micro_batch_size, model_for, preprocessing_of, resolve_config)
+from .sam import SAM
 from .state import Run
 from .signals import StopOnSignal
 
@@ -141,7 +142,8 @@ def build_run(cfg, started, procs, device, out, source):
                batch_mixer(cfg, len(data.classes)), Normalize(data.mean, data.std).to(device),
                micro_batch_size(cfg, procs.world_size),
                torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None,
-               wrapped.no_sync if procs.distributed else contextlib.nullcontext)
+               wrapped.no_sync if procs.distributed else contextlib.nullcontext,
+               sam=SAM(cfg.sam_rho, cfg.sam_fraction) if cfg.sam_rho else None)
 
 
 def ddp(model):
@@ -239,7 +241,7 @@ def train_epoch(run, epoch, stop, resumed=None):
                             prepare=partial(on_device, run, size=size),
                             label_smoothing=cfg.label_smoothing, precision=cfg.precision,
                             scaler=run.scaler, mix=run.mix, no_sync=run.no_sync,
-                            step=run.step + 1)
+                            sam=run.sam, step=run.step + 1)
         run.step, run.image_size = run.step + 1, size
         run.skipped_steps += result.skipped
         if run.ema is not None:
@@ -299,7 +301,7 @@ def end_epoch(run, epoch, tally):
     val = evaluate_shared(run, run.model, run.data.val) if due and run.data.val else None
     val_ema = (evaluate_shared(run, run.ema.module, run.data.val)
                if due and run.data.val and run.ema else None)
-    if due:
+    if due and not run.data.test_is_val:  # choosing on the reported split would flatter it
         run.selected = select_weights(val, val_ema, run.ema is not None)
     if not run.procs.main:
         return
@@ -329,24 +331,36 @@ def report_skipped(split, batches):
 
 
 def finish(run):
-    """Test the chosen weights (every process its share); rank 0 writes curves.png,
-    model.safetensors and results.json and returns the results."""
+    """Test the chosen weights, or, where the test split is the validation split (an ImageNet
+    folder's val/), raw and EMA weights both, choosing nothing on it (every process its share);
+    rank 0 writes curves.png, model.safetensors and results.json and returns the results."""
     cfg, out = run.cfg, run.out
-    use_ema = run.ema is not None and run.selected and run.selected[0] == "ema"
-    chosen = run.ema.module if use_ema else run.model
-    test = evaluate_shared(run, chosen, run.data.test, "test images")
+    candidates = {"raw": run.model, **({"ema": run.ema.module} if run.ema else {})}
+    if run.data.test_is_val:
+        weights = "ema" if run.ema else "raw"  # exported: the reference reports its EMA first
+        names = list(candidates)
+    else:
+        weights = run.selected[0] if run.selected else "raw"
+        names = [weights]
+    tested = {name: evaluate_shared(run, candidates[name], run.data.test, "test images")
+              for name in names}
     if not run.procs.main:
         return None
+    test = tested[weights]
     run.log.close()
     report_skipped("test", run.data.test)
     plot_curves(out / "metrics.csv", out / "curves.png")
-    export_weights(chosen, out / "model.safetensors",
+    export_weights(candidates[weights], out / "model.safetensors",
                    {"model": cfg.model, "numerics": cfg.numerics or "deepmind",
                     "classes": list(run.data.classes),
                     "preprocessing": preprocessing_of(cfg, run.data), "config": to_dict(cfg)})
     results = {"test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"],
-               "weights": run.selected[0] if run.selected else "raw",
-               "val_top1": run.selected[1] if run.selected else None,
+               "weights": weights,
+               "selected_on": "validation" if len(names) == 1 and run.selected else None,
+               "val_top1": run.selected[1] if run.selected and len(names) == 1 else None,
+               "test_by_weights": {name: {k: r[k] for k in ("top1", "top5", "loss", "images")}
+                                   for name, r in tested.items()},
+               "protocol": evaluation_protocol(cfg, run.data),
                "epochs": run.num_epochs, "steps": run.step,
                "train_seconds": time.time() - run.started, "budget": run.plan,
                "skipped_steps": run.skipped_steps, "seed": cfg.seed,
@@ -354,8 +368,21 @@ def finish(run):
                "skipped_images": {split: len(getattr(batches, "skipped", ())) for split, batches
                                   in (("train", run.data.train), ("test", run.data.test))}}
     save_json(out / "results.json", results)
-    print(f"test top-1 {test['top1']:.2f}%  top-5 {test['top5']:.2f}%  "
-          f"({results['weights']} weights, {results['train_seconds'] / 60:.1f} min)\n"
+    scores = ", ".join(f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%"
+                       + (f" ({name})" if len(tested) > 1 else "") for name, r in tested.items())
+    print(f"test {scores}  ({weights} weights"
+          + (", nothing chosen on the test split" if len(names) > 1 else "")
+          + f", {results['protocol']['text']}, {results['train_seconds'] / 60:.1f} min)\n"
           f"artefacts: {out}/ (results.json, metrics.csv, curves.png, checkpoint.pt, "
           "model.safetensors)", flush=True)
     return results
+
+
+def evaluation_protocol(cfg, data):
+    """How the test numbers were made: image size and crop, flip TTA, precision."""
+    crop = (f"{data.test_size} px centre crop of the image resized to {data.test_size + 32}²"
+            if cfg.dataset == "folder" else f"{data.test_size} px whole images")
+    precision = cfg.eval_precision or cfg.precision
+    tta = "flip TTA" if cfg.tta_flip else "single crop"
+    return {"test_size": data.test_size, "crop": crop, "tta_flip": cfg.tta_flip,
+            "precision": precision, "text": f"{crop}, {tta}, {precision}"}

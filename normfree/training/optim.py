@@ -136,7 +136,7 @@ class StepResult:
 
 def train_step(model, optimizer, images, labels, *, micro_batch=None, prepare=None,
                label_smoothing=0.0, precision="fp32", scaler=None, mix=None,
-               no_sync=contextlib.nullcontext, step=None):
+               no_sync=contextlib.nullcontext, sam=None, step=None):
     """One optimizer update on this process's part of a global batch (`images`, `labels`).
 
     The batch runs through the model `micro_batch` images at a time (all at once by default),
@@ -144,29 +144,22 @@ def train_step(model, optimizer, images, labels, *, micro_batch=None, prepare=No
     that of the whole batch's mean loss. Under DDP `no_sync` (the module's) keeps all but the
     last micro-batch from all-reducing, so AGC, like the update, sees the global-batch gradient
     once. With fp16, `scaler` (a `GradScaler`) scales the loss, and AGC clips the unscaled
-    gradient. `model` may be the `torch.compile`d module; the optimizer holds the parameters
-    either way. `step` numbers the update in messages.
+    gradient. With `sam` (a `SAM`), the descent gradient is taken at the ascent point of the
+    batch's first images, unsynchronised, and AGC clips it at the unperturbed weights. `model`
+    may be the `torch.compile`d module; the optimizer holds the parameters either way. `step`
+    numbers the update in messages.
     """
-    count = len(labels)
-    micro_batch = micro_batch or count
+    passes = dict(micro_batch=micro_batch or len(labels), prepare=prepare,
+                  label_smoothing=label_smoothing, precision=precision, scaler=scaler, mix=mix)
     optimizer.zero_grad(set_to_none=True)
-    total, all_logits = 0.0, []
-    chunks = list(zip(images.split(micro_batch), labels.split(micro_batch)))
-    for i, (chunk, chunk_labels) in enumerate(chunks):
-        chunk = prepare(chunk) if prepare else chunk
-        chunk_labels = chunk_labels.to(chunk.device, non_blocking=True)
-        targets = chunk_labels
-        if mix is not None:
-            chunk, targets = mix(chunk, chunk_labels)
-        with no_sync() if i < len(chunks) - 1 else contextlib.nullcontext():
-            with autocast(chunk.device, precision):
-                logits = model(chunk)
-            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp16/bf16
-            loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
-            loss = loss * (len(chunk_labels) / count)  # the whole batch's mean
-            (scaler.scale(loss) if scaler else loss).backward()
-        total = total + loss.detach()
-        all_logits.append(logits.detach())
+    if sam is not None:
+        ascent = sam.ascent_size(len(labels))
+        accumulate(model, images[:ascent], labels[:ascent], no_sync=no_sync, sync=False,
+                   **passes)
+        sam.ascend(p for group in optimizer.param_groups for p in group["params"])
+    total, logits = accumulate(model, images, labels, no_sync=no_sync, **passes)
+    if sam is not None:
+        sam.restore()
     if scaler is None and not torch.isfinite(total):
         raise TrainingDiverged(f"loss is {total.item()} at step {step}: training diverged. "
                                "Try a lower --lr" + (" or a smaller --clip-factor" if any(
@@ -183,4 +176,30 @@ def train_step(model, optimizer, images, labels, *, micro_batch=None, prepare=No
         skipped = scaler.get_scale() < scale  # an inf/NaN gradient: no update, a smaller scale
     else:
         optimizer.step()
-    return StepResult(total, torch.cat(all_logits), clipped, skipped)
+    return StepResult(total, logits, clipped, skipped)
+
+
+def accumulate(model, images, labels, *, micro_batch, prepare, label_smoothing, precision,
+               scaler, mix, no_sync, sync=True):
+    """Back-propagate the mean loss over `images` in micro-batches, adding to `.grad`; returns
+    (the mean loss, the logits). DDP all-reduces with the last micro-batch only, or, without
+    `sync`, with none."""
+    count, total, all_logits = len(labels), 0.0, []
+    chunks = list(zip(images.split(micro_batch), labels.split(micro_batch)))
+    for i, (chunk, chunk_labels) in enumerate(chunks):
+        chunk = prepare(chunk) if prepare else chunk
+        chunk_labels = chunk_labels.to(chunk.device, non_blocking=True)
+        targets = chunk_labels
+        if mix is not None:
+            chunk, targets = mix(chunk, chunk_labels)
+        last = sync and i == len(chunks) - 1
+        with contextlib.nullcontext() if last else no_sync():
+            with autocast(chunk.device, precision):
+                logits = model(chunk)
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # fp16/bf16
+            loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+            loss = loss * (len(chunk_labels) / count)  # the whole batch's mean
+            (scaler.scale(loss) if scaler else loss).backward()
+        total = total + loss.detach()
+        all_logits.append(logits.detach())
+    return total, torch.cat(all_logits)

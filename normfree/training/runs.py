@@ -44,11 +44,17 @@ def resolve_config(cfg, device, saved=None):
     if cfg.precision is None:
         cfg = replace(cfg, precision=default_precision(device))
     check_precision(cfg.precision, device)
+    if cfg.eval_precision is not None:
+        check_precision(cfg.eval_precision, device)
     if cfg.init_from and saved is None:
         source = load_pretrained(cfg.init_from, cfg.model, device)
         cfg = replace(cfg, model=source.name, numerics=cfg.numerics or source.numerics)
     if cfg.model is None:
         raise ConfigError("--model: none given and no --init-from weights to take it from")
+    if cfg.test_size is None and cfg.dataset == "folder":
+        # the model's own pair of sizes, or evaluation at the size given for training
+        model = get_config(cfg.model)
+        cfg = replace(cfg, test_size=cfg.image_size or model.test_size)
     if cfg.image_size is None:
         cfg = replace(cfg, image_size=get_config(cfg.model).train_size)
     if cfg.channels_last is None:
@@ -120,7 +126,7 @@ def compiled(model, cfg, device):
 
 def preprocessing_of(cfg, data):
     """How `predict`/`eval --weights` must prepare images for this run's model."""
-    pre = reference_preprocessing(data.image_size, data.in_chans, data.mean, data.std)
+    pre = reference_preprocessing(data.test_size, data.in_chans, data.mean, data.std)
     if cfg.dataset != "folder":  # in-memory datasets are already at their size
         pre.update(resize=data.image_size, interpolation="bilinear")
     return pre
@@ -134,7 +140,8 @@ def evaluate_as_configured(cfg, model, batches, normalize, what="validation imag
                            sum_across=None):
     """`evaluate` with the run's flip TTA, precision and memory format (`sum_across`: see
     `evaluate`)."""
-    return evaluate(model, batches, normalize, tta_flip=cfg.tta_flip, precision=cfg.precision,
+    return evaluate(model, batches, normalize, tta_flip=cfg.tta_flip,
+                    precision=cfg.eval_precision or cfg.precision,
                     memory_format=memory_format(cfg), what=what, sum_across=sum_across)
 
 

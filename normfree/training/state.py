@@ -17,6 +17,7 @@ from .config import TrainConfig, peak_lr
 from .optim import EMA, lr_at, warmup_steps
 from .logs import MetricsLog
 from .resizing import is_small, small_size
+from .sam import SAM
 
 
 @dataclass
@@ -39,6 +40,7 @@ class Run:
     scaler: Optional[torch.amp.GradScaler]  # fp16's loss scaling
     no_sync: Any = contextlib.nullcontext  # DDP: a micro-batch that does not all-reduce
     skipped_steps: int = 0  # updates fp16's loss scaling skipped (a gradient overflowed)
+    sam: Optional[SAM] = None  # Sharpness-Aware Minimization around each update
     log: Optional[MetricsLog] = None
     step: int = 0
     epoch: int = 0
