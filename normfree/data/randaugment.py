@@ -11,11 +11,14 @@ Every op equals the reference's on ≥ 99 % of pixels within ±1 grey level, at 
 10 and 15 with both signs (tests/unit/data/test_randaugment.py, against fixtures written by
 the reference code: scripts/make_reference_fixtures.py).
 
-Differences from the reference implementation: none in intent. Kept as the reference runs,
-though they read as slips: Solarize's threshold int(25.6 m) is wrapped to uint8 (m = 0 and 10
-invert every pixel, m = 15 acts as m = 5); Posterize's shift is clamped to 7 (m < 2.5 keeps 1
-bit, not 0); Contrast blends towards (pixel count / 256), not the mean grey level. Float sums
-may round differently from TensorFlow's at exact .0 boundaries, hence "±1".
+Differences from the reference implementation: the random numbers (a `torch.Generator`).
+Rotate/Shear/Translate follow TensorFlow 2.15's transform kernel, which bounds-checks the
+rounded coordinate; TensorFlow's main branch now checks before rounding (§11.1). Kept as the
+reference runs, though they read as slips: Solarize's threshold int(25.6 m) wraps to uint8
+(m = 0 and 10 invert every pixel, m = 15 acts as m = 5); Posterize's shift is clamped to 7
+(m < 2.5 keeps 1 bit, not 0); Contrast blends towards (pixel count / 256), not the mean grey
+level. Float arithmetic follows TensorFlow's order; a platform that rounds differently could
+move a pixel by one level, hence "±1".
 """
 
 import math

@@ -11,9 +11,9 @@ half-pixel centres, no antialiasing, taps outside the image dropped and the rest
 float32 output, not clamped to [0, 255].
 
 Differences from the reference implementation: the random numbers (a `torch.Generator`, not
-TensorFlow's Philox stream); the resize sums in another order (≤ 1e-3 grey levels apart,
-tests/unit/data/test_reference_crops.py); images arrive decoded, as uint8 (3, H, W) tensors,
-where the reference decodes only the crop window of the JPEG.
+TensorFlow's Philox stream), so windows agree in distribution only; images arrive decoded, as
+uint8 (C, H, W) tensors, where the reference decodes only the crop window of the JPEG. The
+resizes equal TensorFlow's to float32 precision (tests/unit/data/test_reference_crops.py).
 """
 
 import numpy as np
