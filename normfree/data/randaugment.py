@@ -185,11 +185,11 @@ def round_half_away(values):
 
 def rotate(image, degrees):
     """Counter-clockwise by `degrees` about the image centre (tfa.image.rotate)."""
-    height, width = (torch.tensor(float(n - 1)) for n in image.shape[-2:])
+    last_row, last_column = (torch.tensor(float(n - 1)) for n in image.shape[-2:])
     radians = torch.tensor(degrees, dtype=torch.float32) * torch.tensor(math.pi / 180.0)
     cos, sin = torch.cos(radians), torch.sin(radians)
-    x_offset = (width - (cos * width - sin * height)) / 2.0
-    y_offset = (height - (sin * width + cos * height)) / 2.0
+    x_offset = (last_column - (cos * last_column - sin * last_row)) / 2.0
+    y_offset = (last_row - (sin * last_column + cos * last_row)) / 2.0
     return project(image, (cos, -sin, x_offset, sin, cos, y_offset))
 
 
