@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from normfree.errors import ConfigError
 from normfree.nn.activations import ACTIVATIONS, ScaledActivation, gelu_tanh
 from normfree.nn.gamma import ACTIVATION_NAMES, GAMMA
 from normfree.nn.layers import SqueezeExcite, StochasticDepth
@@ -46,7 +47,7 @@ def test_reference_gelu_is_tanh_approximation():
 
 
 def test_unknown_activation_is_named():
-    with pytest.raises(ValueError, match="swishy"):
+    with pytest.raises(ConfigError, match="swishy"):
         ScaledActivation("swishy")
 
 
@@ -257,7 +258,7 @@ def test_stochastic_depth_reference_and_timm():
     assert values == [0.0, pytest.approx(1 / 0.75)]
     ref.eval()
     assert torch.equal(ref(x), x)
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match=r"stochastic depth rate must be in \[0, 1\)"):
         StochasticDepth(1.0)
 
 

@@ -11,8 +11,8 @@ from PIL import Image
 from normfree import create_model
 from normfree.errors import CheckpointError
 from normfree.weights.metadata import export_weights
-from normfree.errors import DataError
-from normfree.weights.deploy import fold_ws
+from normfree.errors import DataError, ExportError, NormfreeError
+from normfree.weights.deploy import export_onnx, fold_ws
 from normfree.data.transforms import image_transform
 from normfree.nn.ws_conv import WSConv2d
 from normfree.weights.pretrained import (imagenet_classes, load_pretrained, predict,
@@ -44,6 +44,22 @@ def test_fold_ws_matches_unfolded_model(name, size):
     if name == "nf_resnet26":  # no SE: α · skip gain went into the last conv of each block
         gains = [p.item() for n, p in folded.named_parameters() if n.endswith("skip_gain")]
         assert gains and all(g == 1.0 for g in gains)
+
+
+def test_onnx_output_that_differs_is_an_export_error_and_removes_the_file(tmp_path,
+                                                                          monkeypatch):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    real_session = onnxruntime.InferenceSession
+
+    class OffByOne(real_session):  # a runtime whose logits are all 1 too high
+        def run(self, *args):
+            return [logits + 1 for logits in super().run(*args)]
+    monkeypatch.setattr(onnxruntime, "InferenceSession", OffByOne)
+    path = tmp_path / "tiny.onnx"
+    with pytest.raises(ExportError, match="ONNX output differs from PyTorch") as refused:
+        export_onnx(create_model("nfnet_tiny", 4), path, image_size=16)
+    assert isinstance(refused.value, NormfreeError)  # the command line prints one line
+    assert not path.exists()
 
 
 @pytest.mark.parametrize("name,size", [("nfnet_f0", 64), ("nf_resnet26", 64),

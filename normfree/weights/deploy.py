@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import MissingDependency
+from ..errors import ExportError, MissingDependency
 from ..files import atomic_write
 from ..nn.network import NFBlock
 from ..nn.padding import SameConv2d
@@ -83,6 +83,6 @@ def export_onnx(model, path, image_size, batch_size=1, check=True, opset=18):
     error = ((torch.from_numpy(logits) - expected).abs().max() / expected.abs().max()).item()
     if error > 1e-4:
         Path(path).unlink()
-        raise RuntimeError(f"ONNX output differs from PyTorch by {error:.2e} (relative); the "
-                           "file was removed")
+        raise ExportError(f"ONNX output differs from PyTorch by {error:.2e} (relative); the "
+                          "file was removed")
     return error
