@@ -3,7 +3,7 @@
 Forward hooks record, at the stem output and after every residual block: the average channel
 squared mean, mean_c (mean_{N,H,W} x)², the average channel variance, mean_c var_{N,H,W}(x), and
 the variance of the residual branch at its measurement point (the block's `residual` module,
-before stochastic depth and the skip gain). The model's forward is never changed.
+before stochastic depth and the skip gain). The model computes the same with or without them.
 """
 
 from contextlib import contextmanager
@@ -13,7 +13,7 @@ import torch
 from ..figures import pyplot, save_figure
 from ..files import write_csv
 from ..nn.bn_twins import BNBlock
-from ..nn.network import NFBlock
+from ..nn.network import BranchOutput, NFBlock
 from ..nn.zoo import create_model
 
 CSV_FIELDS = ["model", "depth", "name", "avg_sq_mean", "avg_var", "residual_var"]
@@ -36,7 +36,7 @@ def recording(model):
 
     def on_residual(name):
         def hook(module, inputs, output):
-            pending[name] = channel_stats(output)[1]
+            pending[name] = channel_stats(BranchOutput.value(output))[1]
         return hook
 
     def on_block(name):
