@@ -268,6 +268,21 @@ def test_se_gate_folded_into_skip_gain_multiply_matches_the_materialised_branch(
     assert torch.equal(observed, folded)
 
 
+@pytest.mark.parametrize("name,folds", [("nf_resnet26", True), ("nf_regnet_b0", True),
+                                        ("nfnet_f0", False)])
+def test_folding_the_residual_scale_keeps_the_blocks_output(name, folds):
+    """α · skip gain into a Scaled-WS conv3's gain; not past an end-of-block SE gate."""
+    torch.manual_seed(0)
+    block = create_model(name, 4).stages[1][0].eval()
+    with torch.no_grad():
+        block.skip_gain.fill_(0.5)
+        x = torch.randn(2, block.conv1.in_channels, 8, 8)
+        before = block(x)
+        assert block.fold_residual_scale_() is folds
+        after = block(x)
+    assert (block.alpha, block.skip_gain.item()) == ((1.0, 1.0) if folds else (0.2, 0.5))
+    assert torch.allclose(after, before, rtol=1e-5, atol=1e-6)
+
 
 @pytest.mark.parametrize("name", ["nfnet_f0", "nfnet_f1_plus", "nf_resnet50", "nf_regnet_b0",
                                   "nf_regnet_b3", "nfnet_s0", "nfnet_s0_dense", "nfnet_s1",

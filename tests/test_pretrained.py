@@ -14,6 +14,7 @@ from normfree.weights.metadata import export_weights
 from normfree.errors import DataError, ExportError, NormfreeError
 from normfree.weights.deploy import export_onnx, fold_ws
 from normfree.data.transforms import image_transform
+from normfree.nn.network import NFBlock
 from normfree.nn.ws_conv import WSConv2d
 from normfree.weights.pretrained import (imagenet_classes, load_pretrained, predict,
                                          reference_preprocessing)
@@ -30,10 +31,12 @@ def randomise_skip_gains(model, seed=0):
     return model
 
 
-@pytest.mark.parametrize("name,size", [("nfnet_f0", 64), ("nf_resnet26", 65), ("nfnet_s0", 28)])
+@pytest.mark.parametrize("name,size", [("nfnet_f0", 64), ("nf_resnet26", 65), ("nfnet_s0", 28),
+                                       ("nf_regnet_b0", 64)])
 def test_fold_ws_matches_unfolded_model(name, size):
     torch.manual_seed(0)
     model = randomise_skip_gains(create_model(name, 10, in_chans=3)).eval()
+    torch.nn.init.normal_(model.head.fc.weight, 0.0, 0.01)  # some variants start it at 0
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         expected = model(x)
@@ -41,9 +44,10 @@ def test_fold_ws_matches_unfolded_model(name, size):
         got = folded(x)
     assert not any(isinstance(m, WSConv2d) for m in folded.modules())
     assert relative_error(got, expected) < 1e-5
-    if name == "nf_resnet26":  # no SE: α · skip gain went into the last conv of each block
+    if name in ("nf_resnet26", "nf_regnet_b0"):  # no SE at the block end: α · skip gain went
         gains = [p.item() for n, p in folded.named_parameters() if n.endswith("skip_gain")]
-        assert gains and all(g == 1.0 for g in gains)
+        assert gains and all(g == 1.0 for g in gains)  # into the last conv of each block
+        assert all(b.alpha == 1.0 for b in folded.modules() if isinstance(b, NFBlock))
 
 
 def test_onnx_output_that_differs_is_an_export_error_and_removes_the_file(tmp_path,

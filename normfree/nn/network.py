@@ -166,6 +166,23 @@ class NFBlock(Bottleneck):
             return torch.add(shortcut, out, alpha=multiplier)
         return torch.addcmul(shortcut, out, multiplier)
 
+    @torch.no_grad()
+    def fold_residual_scale_(self):
+        """For inference: multiply α · skip gain into `conv3` (its gain if Scaled WS, else its
+        weight, and its bias) and set both to 1, in place. Exact, because `conv3`'s output only
+        feeds the residual sum, unless an end-of-block SE gate reads it (the gate is not linear
+        in its input): such a block is left as it is. Returns whether it folded."""
+        if self.attention is not None and not self.se_on_bottleneck:
+            return False
+        scale = self.alpha if self.skip_gain is None else self.skip_gain * self.alpha
+        conv = self.conv3
+        (conv.gain if isinstance(conv, WSConv2d) else conv.weight).mul_(scale)
+        conv.bias.mul_(scale)
+        if self.skip_gain is not None:
+            self.skip_gain.fill_(1.0)
+        self.alpha = 1.0
+        return True
+
 
 class Head(nn.Module):
     def __init__(self, in_features, num_classes, dropout, init):
