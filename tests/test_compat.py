@@ -9,7 +9,7 @@ import torch
 
 from normfree.training.checkpoints import load_checkpoint
 from normfree.training.config import from_dict
-from normfree.nn.zoo import create_model
+from normfree import create_model
 from normfree.training.optim import build_optimizer, load_optimizer_state
 from normfree.training.runs import evaluate_checkpoint
 from normfree.weights.pretrained import load_pretrained

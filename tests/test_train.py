@@ -10,7 +10,7 @@ from normfree.training.checkpoints import load_checkpoint
 from normfree.training.config import preset
 from normfree.training.logs import read_metrics
 from normfree.errors import ConfigError, TrainingDiverged
-from normfree.nn.zoo import create_model
+from normfree import create_model
 from normfree.training.loop import train
 from normfree.training.optim import EMA, load_optimizer_state, lr_at, train_step
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, MissingDependency
-from ..nn.zoo import count_macs, create_model
+from ..nn.zoo import build_model, count_macs
 from ..runtime import default_device, machine_info
 from ..training.agc import clip_param_groups_
 from ..training.config import TrainConfig
@@ -111,7 +111,7 @@ def bench(model_name="nfnet_s0", image_size=None, batch_size=16, num_classes=10,
     device = default_device(device)
     overrides = {} if in_chans is None else {"in_chans": in_chans}
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = create_model(model_name, num_classes, **overrides).to(device, memory_format=fmt)
+    model = build_model(model_name, num_classes, **overrides).to(device, memory_format=fmt)
     model.set_grad_checkpointing(grad_checkpointing)
     size = image_size or model.cfg.train_size
     g = torch.Generator().manual_seed(0)
@@ -209,7 +209,7 @@ def timm_peer(model_name, num_classes, device, memory_format, cfg):
 
 
 def _peak_rss_of_train_step(queue, model_name, image_size, batch_size, grad_checkpointing):
-    model = create_model(model_name)
+    model = build_model(model_name)
     model.set_grad_checkpointing(grad_checkpointing)
     images = torch.randn(batch_size, model.cfg.in_chans, image_size, image_size)
     labels = torch.zeros(batch_size, dtype=torch.long)

@@ -14,7 +14,7 @@ from ..figures import pyplot, save_figure
 from ..files import write_csv
 from ..nn.bn_twins import BNBlock
 from ..nn.network import BranchOutput, NFBlock
-from ..nn.zoo import create_model
+from ..nn.zoo import build_model
 
 CSV_FIELDS = ["model", "depth", "name", "avg_sq_mean", "avg_var", "residual_var"]
 
@@ -97,11 +97,11 @@ def paper_models(depth=600):
     nf = f"nf_resnet{depth}"
     bn = f"resnet{depth}_bn"
     return {
-        "BN-ReLU-conv (BN ResNet)": create_model(bn, order="bn_act"),
-        "ReLU-BN-conv (BN ResNet)": create_model(bn, order="act_bn"),
-        "NF-ResNet, He-init convs, no WS": create_model(nf, weight_standardization=False,
-                                                        skip_init=False),
-        "NF-ResNet, Scaled WS": create_model(nf, skip_init=False),
+        "BN-ReLU-conv (BN ResNet)": build_model(bn, order="bn_act"),
+        "ReLU-BN-conv (BN ResNet)": build_model(bn, order="act_bn"),
+        "NF-ResNet, He-init convs, no WS": build_model(nf, weight_standardization=False,
+                                                       skip_init=False),
+        "NF-ResNet, Scaled WS": build_model(nf, skip_init=False),
     }
 
 

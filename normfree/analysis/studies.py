@@ -20,7 +20,7 @@ from ..errors import TrainingDiverged
 from ..figures import pyplot, save_figure
 from ..files import write_csv
 from ..nn.variants import bn_twin_name
-from ..nn.zoo import create_model
+from ..nn.zoo import build_model
 from ..runtime import bf16_available, default_device
 from ..training.config import preset
 from ..training.logs import read_metrics
@@ -120,7 +120,7 @@ def nf_vs_bn(base, out_csv, seeds=None, augmentations=("on",), bn_lr=None, progr
         torch.set_num_threads(base.threads)
     clip_factors = {name: recipe_for(base, name, "on").clip_factor for name in names}
     step_ms = _step_times(base, clip_factors)
-    size = base.image_size or create_model(base.model).cfg.train_size
+    size = base.image_size or build_model(base.model).cfg.train_size
     memory = {name: train_peak_memory(name, size, base.batch_size)["peak_rss_mb"]
               for name in names}
     with tempfile.TemporaryDirectory() as scratch:
@@ -157,7 +157,7 @@ def _step_times(cfg, clip_factors, repeats=20):
     names = list(clip_factors)
     device = default_device(cfg.device)
     fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    models = [create_model(name, 10).to(device, memory_format=fmt) for name in names]
+    models = [build_model(name, 10).to(device, memory_format=fmt) for name in names]
     g = torch.Generator().manual_seed(0)
     size = cfg.image_size or models[0].cfg.train_size
     images = torch.randn(cfg.batch_size, models[0].cfg.in_chans, size, size, generator=g)
