@@ -1,9 +1,10 @@
-"""What the process runs on: the device, whether bf16 pays off, and a description of the
-machine for results files."""
+"""What the process runs on: the device, its thread count for a stretch of work, whether bf16
+pays off, and a description of the machine for results files."""
 
 import os
 import platform
 import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -33,6 +34,19 @@ def default_device(name=None):
     elif device.type != "cpu":
         raise ConfigError(f"--device {name}: normfree runs on cpu or cuda, not {device.type}")
     return device
+
+
+@contextmanager
+def num_threads(count):
+    """Within the block torch uses `count` intra-op threads (None or 0: those it has); after
+    it, as many as before, so a library call leaves the caller's setting alone."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def bf16_available(device):

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import torch
 
-from ..figures import pyplot, save_figure
+from ..figures import save_figure, subplots
 from ..files import write_csv
 from ..nn.bn_twins import BNBlock
 from ..nn.network import BranchOutput, NFBlock
@@ -76,7 +76,7 @@ def write_curves_csv(curves, path):
 
 def plot(curves, path, title="Signal propagation at initialisation"):
     """Three panels against depth, one line per model."""
-    fig, axes = pyplot().subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = subplots(1, 3, figsize=(15, 4.2))
     panels = [("avg_sq_mean", "average channel squared mean"),
               ("avg_var", "average channel variance"),
               ("residual_var", "residual-branch variance")]
@@ -107,10 +107,11 @@ def paper_models(depth=600):
 
 def paper_comparison(depth=600, image_size=32, batch_size=8, seed=0):
     """Signal statistics of `paper_models(depth)` on one N(0, 1) batch: {label: records}."""
-    torch.manual_seed(seed)
-    inputs = torch.randn(batch_size, 3, image_size, image_size)
     curves = {}
-    for label, model in paper_models(depth).items():
-        model.train()  # BN uses batch statistics, as in the paper's plots at initialisation
-        curves[label] = signal_stats(model, inputs)
+    with torch.random.fork_rng(devices=[]):  # seeded, and the caller's random state kept
+        torch.manual_seed(seed)
+        inputs = torch.randn(batch_size, 3, image_size, image_size)
+        for label, model in paper_models(depth).items():
+            model.train()  # BN uses batch statistics, as in the paper's plots at initialisation
+            curves[label] = signal_stats(model, inputs)
     return curves
