@@ -156,6 +156,19 @@ def test_bench_train_step_accepts_a_compiled_forward():
     assert not torch.equal(model.head.fc.bias, before)
 
 
+def test_compiled_inference_freezes_the_weights_without_changing_inductors_config():
+    import torch._inductor.config as inductor
+
+    from normfree.analysis.bench import make_infer
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU())
+    infer = make_infer(model, torch.randn(2, 3, 8, 8), bf16=False, compile_model=True)
+    first = infer()
+    assert inductor.freezing is False
+    with torch.no_grad():
+        model[0].weight.mul_(2.0)
+    assert torch.equal(infer(), first)  # the weights were compiled in as constants
+
+
 def test_eval_needs_exactly_one_source(tmp_path, capsys):
     assert main(["eval"]) == 2
     assert "either --checkpoint" in capsys.readouterr().err

@@ -4,13 +4,16 @@ spread in images per second. A timm peer runs through the same code in the same 
 calls interleaved with ours so that machine noise hits both alike; the machine's GEMM and 3×3
 conv throughput give the ceiling that achieved GFLOP/s are compared with."""
 
+import contextlib
 import copy
+import functools
 import multiprocessing
 import resource
 import statistics
 import time
 
 import torch
+import torch._inductor.config as inductor_config
 import torch.nn.functional as F
 
 from ..errors import ConfigError, MissingDependency
@@ -79,16 +82,20 @@ def make_timm_train_step(model, images, labels, clip_factor=0.01, bf16=False, fo
 
 
 def make_infer(model, images, bf16, compile_model=False):
+    """Inference on `images` as a call returning the logits; if `compile_model`, compiled with
+    the weights constant-folded (inductor's freezing), as timm's best inference path. The first
+    call compiles, and freezing is set around each call, not for the process (passed as a
+    `torch.compile` option it did not take effect with torch 2.14)."""
     model.eval()
+    frozen = contextlib.nullcontext
     if compile_model:
-        import torch._inductor.config as inductor
-        inductor.freezing = True  # constant-fold the weights, as timm's best inference path
         model = torch.compile(model)
+        frozen = functools.partial(inductor_config.patch, freezing=True)
 
     @torch.no_grad()
     def infer():
-        with torch.autocast(images.device.type, torch.bfloat16, enabled=bf16):
-            model(images)
+        with frozen(), torch.autocast(images.device.type, torch.bfloat16, enabled=bf16):
+            return model(images)
     return infer
 
 
