@@ -18,7 +18,7 @@ from normfree.training.loop import train
 from normfree.training.optim import lr_at
 from normfree.training.resizing import is_small
 
-from test_user_errors import assert_refused, cli
+from helpers import assert_refused, cli
 
 
 @pytest.mark.parametrize("text,seconds", [("15m", 900), ("2h", 7200), ("1h30m", 5400),

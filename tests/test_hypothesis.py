@@ -18,7 +18,7 @@ from normfree.data.datasets import make_data
 from normfree.errors import ConfigError, DataError
 from normfree.training.config import preset
 
-from test_data import write_fmnist
+from helpers import write_fmnist
 
 TINY = dict(ema_decay=0.0, eval_every=0, synthetic_size=600, val_size=100)
 

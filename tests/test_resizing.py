@@ -12,7 +12,7 @@ from normfree.training.loop import train
 from normfree.training.resizing import (downscaled, full_size_steps, is_small, pixel_share,
                                         small_size)
 
-from test_user_errors import assert_refused, cli
+from helpers import assert_refused, cli
 
 SMALL = TrainConfig(small_image_scale=0.7, small_image_until=0.3)  # 28 → 20 px
 
