@@ -223,3 +223,9 @@ def test_load_pretrained_refuses_weights_of_another_layout(tmp_path):
     with pytest.raises(CheckpointError, match=r"strides \[2, 2\] \(this version: \[1, 2\]\)"):
         load_pretrained(tmp_path / "other.safetensors", device="cpu")
     assert load_pretrained(tmp_path / "same.safetensors", device="cpu").name == "nfnet_tiny"
+
+
+@pytest.mark.parametrize("bad", ["hf-hub:", "hf-hub:no_owner", "hf-hub:a/b/c"])
+def test_malformed_hub_id_is_refused_before_any_lookup(bad):
+    with pytest.raises(CheckpointError, match="hf-hub:OWNER/NAME"):
+        load_pretrained(bad)
