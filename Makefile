@@ -8,7 +8,7 @@ FMNIST_DIR := /usr/share/datasets/fashion-mnist
 PRESET ?= fmnist
 ARGS ?=
 
-.PHONY: install train test lint clean
+.PHONY: install train test test-fast lint clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -24,8 +24,13 @@ train: install
 	@bash scripts/ensure_fmnist.sh $(FMNIST_DIR)
 	$(VENV)/bin/normfree train --preset $(PRESET) $(ARGS)
 
+# Everything: tests/unit and tests/e2e (the CLI, subprocesses, training runs). CI runs this.
 test: install
 	$(PY) -m pytest -q $(ARGS)
+
+# The unit tier alone, for the edit-test loop (about 2 minutes on 2 cores: README).
+test-fast: install
+	$(PY) -m pytest -q tests/unit $(ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check normfree tests

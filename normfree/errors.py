@@ -29,6 +29,10 @@ class OutputError(NormfreeError, OSError):
     it would have replaced, if any, is intact."""
 
 
+class ExportError(NormfreeError, RuntimeError):
+    """An exported model does not compute what the PyTorch model does; the file was removed."""
+
+
 class TrainingDiverged(NormfreeError, RuntimeError):
     """The loss became NaN or infinite at optimisation step `.step` (counting from 1)."""
 

@@ -4,16 +4,10 @@ import csv
 import io
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 from .errors import OutputError
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def atomic_write(path, write):
@@ -27,8 +21,11 @@ def atomic_write(path, write):
     check_writable(path)
     tmp = None
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.fchmod(fd, 0o666 & ~_umask())
+        # Created 0666 so that the kernel applies the umask: reading the umask means setting it,
+        # for every thread of the process. A random name and O_EXCL, as tempfile.mkstemp does.
+        name = path.parent / f".{path.name}.{secrets.token_hex(8)}.tmp"
+        fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        tmp = name  # ours to remove from here on
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -1,10 +1,12 @@
-"""What the process runs on: the device, which precisions it runs natively (and their autocast),
-and a description of the machine for results files."""
+"""What the process runs on: the device, its thread count for a stretch of work, which
+precisions it runs natively (and their autocast), and a description of the machine for results
+files."""
 
 import os
 import platform
 import subprocess
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -38,6 +40,19 @@ def default_device(name=None):
 
 PRECISIONS = ("fp32", "bf16", "fp16")
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@contextmanager
+def num_threads(count):
+    """Within the block torch uses `count` intra-op threads (None or 0: those it has); after
+    it, as many as before, so a library call leaves the caller's setting alone."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def bf16_available(device):

@@ -1,4 +1,8 @@
-"""Every test gets its own normfree cache (budget speed records), never the user's."""
+"""Every test gets its own normfree cache (budget speed records), never the user's; and a
+stand-in for Haiku's FlatMapping, for the Haiku-file tests of both tiers."""
+
+import sys
+import types
 
 import pytest
 
@@ -6,6 +10,23 @@ import pytest
 @pytest.fixture(autouse=True)
 def own_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("NORMFREE_CACHE", str(tmp_path_factory.mktemp("normfree-cache")))
+
+
+@pytest.fixture
+def fake_haiku(monkeypatch):
+    """Haiku's FlatMapping under its real module path, pickled as a call with one mapping."""
+    module = types.ModuleType("haiku._src.data_structures")
+
+    class FlatMapping(dict):
+        def __reduce__(self):
+            return FlatMapping, (dict(self),)
+    FlatMapping.__module__ = "haiku._src.data_structures"
+    FlatMapping.__qualname__ = "FlatMapping"
+    module.FlatMapping = FlatMapping
+    for name in ("haiku", "haiku._src"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "haiku._src.data_structures", module)
+    return FlatMapping
 
 
 def pytest_collection_modifyitems(config, items):

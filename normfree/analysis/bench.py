@@ -4,17 +4,20 @@ spread in images per second. A timm peer runs through the same code in the same 
 calls interleaved with ours so that machine noise hits both alike; the machine's GEMM and 3×3
 conv throughput give the ceiling that achieved GFLOP/s are compared with."""
 
+import contextlib
 import copy
+import functools
 import multiprocessing
 import resource
 import statistics
 import time
 
 import torch
+import torch._inductor.config as inductor_config
 import torch.nn.functional as F
 
 from ..errors import ConfigError, MissingDependency
-from ..nn.zoo import count_macs, create_model
+from ..nn.zoo import build_model, count_macs
 from ..runtime import autocast, default_device, machine_info
 from ..training.agc import clip_param_groups_
 from ..training.optim import make_optimizer, train_step
@@ -88,16 +91,20 @@ def make_timm_train_step(model, images, labels, clip_factor=0.01, precision="fp3
 
 
 def make_infer(model, images, precision, compile_model=False):
+    """Inference on `images` as a call returning the logits; if `compile_model`, compiled with
+    the weights constant-folded (inductor's freezing), as timm's best inference path. The first
+    call compiles, and freezing is set around each call, not for the process (passed as a
+    `torch.compile` option it did not take effect with torch 2.14)."""
     model.eval()
+    frozen = contextlib.nullcontext
     if compile_model:
-        import torch._inductor.config as inductor
-        inductor.freezing = True  # constant-fold the weights, as timm's best inference path
         model = torch.compile(model)
+        frozen = functools.partial(inductor_config.patch, freezing=True)
 
     @torch.no_grad()
     def infer():
-        with autocast(images.device, precision):
-            model(images)
+        with frozen(), autocast(images.device, precision):
+            return model(images)
     return infer
 
 
@@ -120,7 +127,7 @@ def bench(model_name="nfnet_s0", image_size=None, batch_size=16, num_classes=10,
     device = default_device(device)
     overrides = {} if in_chans is None else {"in_chans": in_chans}
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = create_model(model_name, num_classes, **overrides).to(device, memory_format=fmt)
+    model = build_model(model_name, num_classes, **overrides).to(device, memory_format=fmt)
     model.set_grad_checkpointing(grad_checkpointing)
     size = image_size or model.cfg.train_size
     g = torch.Generator().manual_seed(0)
@@ -218,7 +225,7 @@ def timm_peer(model_name, num_classes, device, memory_format, cfg):
 
 
 def _peak_rss_of_train_step(queue, model_name, image_size, batch_size, grad_checkpointing):
-    model = create_model(model_name)
+    model = build_model(model_name)
     model.set_grad_checkpointing(grad_checkpointing)
     images = torch.randn(batch_size, model.cfg.in_chans, image_size, image_size)
     labels = torch.zeros(batch_size, dtype=torch.long)

@@ -11,7 +11,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..files import read_csv, write_csv
-from ..figures import pyplot, save_figure
+from ..figures import save_figure, subplots
 from ..nn.variants import BN_TWINS
 from ..training.loop import train
 from ..training.runs import evaluate_checkpoint
@@ -254,7 +254,7 @@ def _order(group):
 
 def plot_datasize(rows, path, title):
     """Test top-1 and train − test gap against training images, mean ± std over seeds."""
-    fig, (acc, gap) = pyplot().subplots(1, 2, figsize=(10, 3.8))
+    fig, (acc, gap) = subplots(1, 2, figsize=(10, 3.8))
     for value, ax in (("test_top1", acc), ("gap", gap)):
         stats = summarise(rows, ["model", "augmentation", "train_images"], value)
         colours = {}
@@ -276,7 +276,7 @@ def plot_datasize(rows, path, title):
 
 def plot_transfer(rows, path, title):
     """Test top-1 against images per class, pretrained and from scratch, mean ± std."""
-    fig, ax = pyplot().subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     stats = summarise(rows, ["model", "init", "shots"], "test_top1")
     colours = {}
     for model, init in dict.fromkeys(k[:2] for k in stats):

@@ -3,18 +3,18 @@
 Forward hooks record, at the stem output and after every residual block: the average channel
 squared mean, mean_c (mean_{N,H,W} x)², the average channel variance, mean_c var_{N,H,W}(x), and
 the variance of the residual branch at its measurement point (the block's `residual` module,
-before stochastic depth and the skip gain). The model's forward is never changed.
+before stochastic depth and the skip gain). The model computes the same with or without them.
 """
 
 from contextlib import contextmanager
 
 import torch
 
-from ..figures import pyplot, save_figure
+from ..figures import save_figure, subplots
 from ..files import write_csv
 from ..nn.bn_twins import BNBlock
-from ..nn.network import NFBlock
-from ..nn.zoo import create_model
+from ..nn.network import BranchOutput, NFBlock
+from ..nn.zoo import build_model
 
 CSV_FIELDS = ["model", "depth", "name", "avg_sq_mean", "avg_var", "residual_var"]
 
@@ -36,7 +36,7 @@ def recording(model):
 
     def on_residual(name):
         def hook(module, inputs, output):
-            pending[name] = channel_stats(output)[1]
+            pending[name] = channel_stats(BranchOutput.value(output))[1]
         return hook
 
     def on_block(name):
@@ -76,7 +76,7 @@ def write_curves_csv(curves, path):
 
 def plot(curves, path, title="Signal propagation at initialisation"):
     """Three panels against depth, one line per model."""
-    fig, axes = pyplot().subplots(1, 3, figsize=(15, 4.2))
+    fig, axes = subplots(1, 3, figsize=(15, 4.2))
     panels = [("avg_sq_mean", "average channel squared mean"),
               ("avg_var", "average channel variance"),
               ("residual_var", "residual-branch variance")]
@@ -97,20 +97,21 @@ def paper_models(depth=600):
     nf = f"nf_resnet{depth}"
     bn = f"resnet{depth}_bn"
     return {
-        "BN-ReLU-conv (BN ResNet)": create_model(bn, order="bn_act"),
-        "ReLU-BN-conv (BN ResNet)": create_model(bn, order="act_bn"),
-        "NF-ResNet, He-init convs, no WS": create_model(nf, weight_standardization=False,
-                                                        skip_init=False),
-        "NF-ResNet, Scaled WS": create_model(nf, skip_init=False),
+        "BN-ReLU-conv (BN ResNet)": build_model(bn, order="bn_act"),
+        "ReLU-BN-conv (BN ResNet)": build_model(bn, order="act_bn"),
+        "NF-ResNet, He-init convs, no WS": build_model(nf, weight_standardization=False,
+                                                       skip_init=False),
+        "NF-ResNet, Scaled WS": build_model(nf, skip_init=False),
     }
 
 
 def paper_comparison(depth=600, image_size=32, batch_size=8, seed=0):
     """Signal statistics of `paper_models(depth)` on one N(0, 1) batch: {label: records}."""
-    torch.manual_seed(seed)
-    inputs = torch.randn(batch_size, 3, image_size, image_size)
     curves = {}
-    for label, model in paper_models(depth).items():
-        model.train()  # BN uses batch statistics, as in the paper's plots at initialisation
-        curves[label] = signal_stats(model, inputs)
+    with torch.random.fork_rng(devices=[]):  # seeded, and the caller's random state kept
+        torch.manual_seed(seed)
+        inputs = torch.randn(batch_size, 3, image_size, image_size)
+        for label, model in paper_models(depth).items():
+            model.train()  # BN uses batch statistics, as in the paper's plots at initialisation
+            curves[label] = signal_stats(model, inputs)
     return curves

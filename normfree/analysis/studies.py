@@ -17,11 +17,11 @@ import numpy as np
 import torch
 
 from ..errors import TrainingDiverged
-from ..figures import pyplot, save_figure
+from ..figures import save_figure, subplots
 from ..files import write_csv
 from ..nn.variants import bn_twin_name
-from ..nn.zoo import create_model
-from ..runtime import default_device, default_precision
+from ..nn.zoo import build_model
+from ..runtime import default_device, default_precision, num_threads
 from ..training.config import preset
 from ..training.logs import read_metrics
 from ..training.loop import train
@@ -65,7 +65,7 @@ def plot_agc_study(rows, path, title):
     clips = sorted({r["clip_factor"] for r in rows})
     batches = sorted({r["batch_size"] for r in rows})
     ratios = sorted({r["lr"] * 256 / r["batch_size"] for r in rows})
-    fig, axes = pyplot().subplots(1, len(clips), figsize=(3.6 * len(clips) + 1, 3.6), squeeze=False)
+    fig, axes = subplots(1, len(clips), figsize=(3.6 * len(clips) + 1, 3.6), squeeze=False)
     for ax, clip in zip(axes[0], clips):
         grid = np.full((len(batches), len(ratios)), np.nan)
         for r in rows:
@@ -116,11 +116,10 @@ def nf_vs_bn(base, out_csv, seeds=None, augmentations=("on",), bn_lr=None, progr
                if (name, augmentation, seed) not in done]
     if not pending:
         return rows
-    if base.threads:  # the step timing below runs before `train` would set them
-        torch.set_num_threads(base.threads)
     clip_factors = {name: recipe_for(base, name, "on").clip_factor for name in names}
-    step_ms = _step_times(base, clip_factors)
-    size = base.image_size or create_model(base.model).cfg.train_size
+    with num_threads(base.threads):  # timed with the runs' threads (`train` sets its own)
+        step_ms = _step_times(base, clip_factors)
+    size = base.image_size or build_model(base.model).cfg.train_size
     memory = {name: train_peak_memory(name, size, base.batch_size)["peak_rss_mb"]
               for name in names}
     with tempfile.TemporaryDirectory() as scratch:
@@ -157,7 +156,7 @@ def _step_times(cfg, clip_factors, repeats=20):
     names = list(clip_factors)
     device = default_device(cfg.device)
     fmt = torch.contiguous_format if cfg.channels_last is False else torch.channels_last
-    models = [create_model(name, 10).to(device, memory_format=fmt) for name in names]
+    models = [build_model(name, 10).to(device, memory_format=fmt) for name in names]
     g = torch.Generator().manual_seed(0)
     size = cfg.image_size or models[0].cfg.train_size
     images = torch.randn(cfg.batch_size, models[0].cfg.in_chans, size, size, generator=g)
@@ -174,7 +173,7 @@ def plot_nf_vs_bn(rows, path, title):
     """Three panels, means over seeds with their std as error bars: test top-1 and the
     train − test gap per augmentation setting (one marker per model), and validation accuracy
     against training seconds (colour: model; dashed, square markers: without augmentation)."""
-    fig, (test_ax, gap_ax, by_time) = pyplot().subplots(1, 3, figsize=(13, 3.8))
+    fig, (test_ax, gap_ax, by_time) = subplots(1, 3, figsize=(13, 3.8))
     finished = [r for r in rows if r["test_top1"] is not None]
     runs = ["model", "augmentation"]
     test, gap, step_ms = (summarise(finished, runs, v) for v in ("test_top1", "gap", "step_ms"))

@@ -3,8 +3,9 @@
 The same distribution as torchvision v2's `RandomCrop(size, padding)`, `RandomHorizontalFlip()`
 and `RandomErasing(p, value=0)` applied image by image (`small_image_transform` without
 RandAugment), but each image's random parameters are drawn as tensors from a caller's
-`torch.Generator` and applied with a few tensor ops over the whole batch: ~1 ms for 128
-Fashion-MNIST images instead of 12-17 ms image by image (docs/benchmarks.md).
+`torch.Generator` and applied with a few tensor ops over the whole batch: image by image, it was
+the largest cost outside the convolutions that the training step's profile showed
+(docs/benchmarks.md, "The default step on the slower machine").
 
 Drawing and applying are separate steps so that data-parallel processes can draw the parameters
 of the whole global batch and each apply only its own rows: the augmentation then does not
@@ -94,7 +95,8 @@ def draw_erasing(count, height, width, probability, generator):
 def crop_and_flip(images, padding, draw):
     """Each image's window of its own size at (crop_top, crop_left) in the image zero-padded by
     `padding`, read right to left where `flipped`: one gather for the whole batch, by flat
-    pixel numbers (`take` runs ~2.5× faster here than indexing with four index tensors)."""
+    pixel numbers (`take`: faster here than indexing with four index tensors, docs/benchmarks.md,
+    "Gathering the crops")."""
     count, channels, height, width = images.shape
     device = images.device
     padded = F.pad(images, (padding,) * 4)  # fill 0, as RandomCrop(padding=...) pads

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from .gamma import gamma_of
 
 _GELU_K = 2.0 * math.sqrt(2.0 / math.pi)
@@ -54,7 +55,7 @@ class Activation(nn.Module):
     def __init__(self, name):
         super().__init__()
         if name not in ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
+            raise ConfigError(f"activation must be one of {sorted(ACTIVATIONS)}, got {name!r}")
         self.name = name
         self.fn = ACTIVATIONS[name]
         self.gamma = gamma_of(name)

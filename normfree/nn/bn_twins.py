@@ -11,7 +11,8 @@ from torch import nn
 from ..errors import ConfigError
 from .activations import Activation
 from .layers import StochasticDepth
-from .network import Bottleneck, Downsample, Head, ImageClassifier, add_attention, build_stages
+from .network import (Bottleneck, BranchOutput, Downsample, Head, ImageClassifier, add_attention,
+                      build_stages)
 from .padding import MaxPoolSame, SameConv2d
 
 ORDERS = ("bn_act", "act_bn")
@@ -46,7 +47,7 @@ class BNBlock(Bottleneck):
         self.preacts = nn.ModuleList(preactivation(w, act, order) if w else nn.Identity()
                                      for w in widths)
         add_attention(self, cfg, plan)
-        self.residual = nn.Identity()
+        self.residual = BranchOutput()
         self.drop_path = StochasticDepth(plan.drop_rate, cfg.stochastic_depth_rescale)
 
     def preact(self, index, x):
@@ -54,7 +55,7 @@ class BNBlock(Bottleneck):
 
     def forward(self, x):
         out, gate, shortcut = self.branch_and_shortcut(x)
-        out = self.residual(out if gate is None else out * gate)
+        out = BranchOutput.value(self.residual(out, gate))
         return self.drop_path(out) + shortcut
 
 

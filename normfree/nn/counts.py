@@ -1,8 +1,8 @@
 """Parameter and multiply-accumulate counts from a config alone, without building the model or
 importing torch (`normfree list` prints every variant in a moment).
 
-They follow the model classes layer by layer; tests/test_models.py checks them against the built
-models (`zoo.count_params`, `zoo.count_macs`) for every kind of variant.
+They follow the model classes layer by layer; tests/unit/nn/test_models.py checks them against
+the built models (`zoo.count_params`, `zoo.count_macs`) for every kind of variant.
 """
 
 import math

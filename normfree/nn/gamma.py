@@ -1,7 +1,7 @@
 """γ of each activation (docs/architecture.md §2): plain numbers, importable without torch."""
 
 # The reference's constants, verbatim: they are what the released weights were trained with
-# (0.03-0.09 % above the exact integrals, which tests/test_layers.py checks).
+# (0.03-0.09 % above the exact integrals, which tests/unit/nn/test_layers.py checks).
 GAMMA = {
     "identity": 1.0,
     "relu": 1.7139588594436646,

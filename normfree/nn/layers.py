@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+
 
 class SqueezeExcite(nn.Module):
     """Squeeze-excite gate times 2, with a plain (unscaled) ReLU as in the reference code."""
@@ -52,7 +54,7 @@ class StochasticDepth(nn.Module):
     def __init__(self, rate, rescale=False):
         super().__init__()
         if not 0.0 <= rate < 1.0:
-            raise ValueError(f"stochastic depth rate must be in [0, 1), got {rate}")
+            raise ConfigError(f"stochastic depth rate must be in [0, 1), got {rate}")
         self.rate, self.rescale = rate, rescale
 
     def forward(self, x):

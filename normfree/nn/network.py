@@ -66,6 +66,21 @@ def add_attention(block, cfg, plan):
     block.se_on_bottleneck = cfg.se_on_bottleneck
 
 
+class BranchOutput(nn.Module):
+    """A block's measurement point (docs/architecture.md §5.1): it passes the residual branch
+    and its end-of-block gate (None without one) through unchanged, so a forward hook on it
+    sees both while the block computes exactly what it computes unobserved;
+    `BranchOutput.value(pair)` is the branch output f(x) = branch · gate."""
+
+    def forward(self, branch, gate):
+        return branch, gate
+
+    @staticmethod
+    def value(pair):
+        branch, gate = pair
+        return branch if gate is None else branch * gate
+
+
 class Bottleneck(nn.Module):
     """Wiring shared by NF blocks and their BN twins: pre-activation, shortcut, 1×1, 3×3,
     (second 3×3), (attention), 1×1, (attention). Subclasses build the layers and define
@@ -90,8 +105,8 @@ class Bottleneck(nn.Module):
             out = self.conv_then_preact(last, 3, out)
         out = self.conv3(out)
         gate = attention.gate(out) if attention is not None and not self.se_on_bottleneck else None
-        # the branch output is out · gate; the subclass's forward applies the gate (and
-        # stochastic depth) and calls `residual`
+        # the branch output is out · gate; the subclass's forward passes both through
+        # `residual`, then applies the gate and stochastic depth
         return out, gate, shortcut
 
     def conv_then_preact(self, conv, index, x):
@@ -122,7 +137,7 @@ class NFBlock(Bottleneck):
                        if cfg.second_conv else None)
         self.conv3 = make_conv(cfg, plan.width, plan.out_channels, 1, gamma=gamma)
         add_attention(self, cfg, plan)
-        self.residual = nn.Identity()  # measurement point: a hook on it sees the branch f(x)
+        self.residual = BranchOutput()
         self.drop_path = StochasticDepth(plan.drop_rate, cfg.stochastic_depth_rescale)
         self.skip_gain = None
         if cfg.skip_gain:
@@ -138,9 +153,7 @@ class NFBlock(Bottleneck):
 
     def forward(self, x):
         out, gate, shortcut = self.branch_and_shortcut(x)
-        if gate is not None and self.residual._forward_hooks:  # observed: materialise f(x)
-            out, gate = out * gate, None
-        out = self.residual(out)
+        out, gate = self.residual(out, gate)
         # the SE gate and the drop-path mask ride on the skip-gain multiply: one full-size
         # multiply-add per block (a separate gate multiply costs a pass forward, two backward)
         multiplier = self.alpha if self.skip_gain is None else self.skip_gain * self.alpha
@@ -152,6 +165,23 @@ class NFBlock(Bottleneck):
         if isinstance(multiplier, float):
             return torch.add(shortcut, out, alpha=multiplier)
         return torch.addcmul(shortcut, out, multiplier)
+
+    @torch.no_grad()
+    def fold_residual_scale_(self):
+        """For inference: multiply α · skip gain into `conv3` (its gain if Scaled WS, else its
+        weight, and its bias) and set both to 1, in place. Exact, because `conv3`'s output only
+        feeds the residual sum, unless an end-of-block SE gate reads it (the gate is not linear
+        in its input): such a block is left as it is. Returns whether it folded."""
+        if self.attention is not None and not self.se_on_bottleneck:
+            return False
+        scale = self.alpha if self.skip_gain is None else self.skip_gain * self.alpha
+        conv = self.conv3
+        (conv.gain if isinstance(conv, WSConv2d) else conv.weight).mul_(scale)
+        conv.bias.mul_(scale)
+        if self.skip_gain is not None:
+            self.skip_gain.fill_(1.0)
+        self.alpha = 1.0
+        return True
 
 
 class Head(nn.Module):

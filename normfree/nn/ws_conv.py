@@ -21,6 +21,7 @@ import weakref
 import torch
 from torch import nn
 
+from ..errors import ConfigError
 from .activations import Activation
 from .padding import SamePaddingMixin
 
@@ -143,7 +144,7 @@ class WSConv2d(SamePaddingMixin, nn.Conv2d):
         super().__init__(in_channels, out_channels, kernel_size, stride=stride, groups=groups,
                          bias=True)
         if eps_mode not in ("clamp", "add"):
-            raise ValueError(f"eps_mode must be 'clamp' or 'add', got {eps_mode!r}")
+            raise ConfigError(f"eps_mode must be 'clamp' or 'add', got {eps_mode!r}")
         self.eps_mode = eps_mode
         self.input_gain, self.padding_rule = input_gain, padding_rule
         self.gain = nn.Parameter(torch.ones(out_channels))

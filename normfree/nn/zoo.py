@@ -1,4 +1,4 @@
-"""Models by name: `create_model`, and the parameter / MAC counts of a built model."""
+"""Models by name: `build_model`, and the parameter / MAC counts of a built model."""
 
 from dataclasses import replace
 
@@ -12,9 +12,9 @@ from .network import NFNet
 from .variants import BN_TWINS, apply_numerics, get_config
 
 
-def create_model(name, num_classes=1000, *, numerics="deepmind", **overrides):
-    """Build a model by name, with fresh weights (`normfree.create_model` adds
-    `pretrained=True`). Returns logits for NCHW float input.
+def build_model(name, num_classes=1000, *, numerics="deepmind", **overrides):
+    """Build a model by name, with fresh weights (the public `normfree.create_model` calls this
+    and adds `pretrained=True` and `device`). Returns logits for NCHW float input.
 
     `numerics`: "deepmind" (the reference, default) or "timm" (timm's `dm_nfnet_*` conventions).
     `overrides`: any `NFConfig` field (e.g. `in_chans=1`, `dropout=0.0`); BN twins also take

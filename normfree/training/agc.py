@@ -12,6 +12,8 @@ optimizer, after `GradScaler.unscale_`, after DDP's all-reduce and on accumulate
 
 import torch
 
+from ..errors import ConfigError
+
 
 def _unit_norms(tensors):
     """Norms of every output unit of every tensor, concatenated into one flat vector; `tensors`
@@ -32,7 +34,7 @@ def adaptive_clip_grad_(parameters, clip_factor=0.01, eps=1e-3):
     Returns the fraction of units that were clipped, as a 0-d tensor (a health signal).
     """
     if clip_factor <= 0:
-        raise ValueError(f"clip_factor must be positive, got {clip_factor}")
+        raise ConfigError(f"clip_factor must be positive, got {clip_factor}")
     if isinstance(parameters, torch.Tensor):
         parameters = [parameters]
     # scalars and vectors first (see _unit_norms); the order of units does not matter
@@ -63,7 +65,7 @@ def classifier_name(model):
     for name in ("head.fc", "fc", "classifier", "head"):
         if isinstance(modules.get(name), torch.nn.Linear):
             return name
-    raise ValueError(f"{type(model).__name__} has no identifiable classifier: expected a Linear "
+    raise ConfigError(f"{type(model).__name__} has no identifiable classifier: expected a Linear "
                      "module named 'head.fc', 'fc', 'classifier' or 'head'")
 
 

@@ -5,7 +5,7 @@ import time
 from pathlib import Path
 
 from ..errors import MissingDependency
-from ..figures import pyplot, save_figure
+from ..figures import save_figure, subplots
 from ..files import append_csv_row, read_csv, write_csv
 from . import distributed
 
@@ -96,7 +96,7 @@ def plot_curves(metrics_csv, out_png):
         points = [(r["epoch"], r[key]) for r in rows if r.get(key) is not None]
         return tuple(zip(*points)) or ((), ())
 
-    fig, (ax_loss, ax_acc) = pyplot().subplots(1, 2, figsize=(10, 4))
+    fig, (ax_loss, ax_acc) = subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(*series("train_loss"), label="train")
     ax_loss.plot(*series("val_loss"), label="val")
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy",

@@ -42,10 +42,9 @@ def small_size(cfg, full_size):
 
 def pixel_share(size, full_size):
     """What a step on `size` images costs, in steps on `full_size` images, taken as its share
-    of the pixels. Measured on one CPU core, 20 px steps ran 1.68–1.75× as many images a second
-    as 28 px ones (not the 1.96× of the pixels: some of a step does not scale with them), so
-    before the switch the plan errs on the short side; the plans after it time full-size
-    steps."""
+    of the pixels. Small steps cost somewhat more than that (docs/benchmarks.md, "A 20 px step
+    against a 28 px one"), so before the switch the plan errs on the short side, the safe side
+    of a budget; the plans after it time full-size steps."""
     return (size / full_size) ** 2
 
 

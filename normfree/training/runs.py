@@ -15,7 +15,7 @@ from ..data.datasets import make_data
 from ..errors import CheckpointError, ConfigError
 from ..evaluation import evaluate
 from ..nn.variants import get_config
-from ..nn.zoo import create_model
+from ..nn.zoo import build_model
 from ..runtime import check_precision, default_device, default_precision
 from ..weights.metadata import check_layout
 from ..weights.pretrained import load_pretrained, reference_preprocessing
@@ -27,7 +27,7 @@ def model_for(cfg, data):
     """The run's model: `cfg.model` sized for the data, with the config's regularisation."""
     overrides = {k: getattr(cfg, k) for k in ("dropout", "stochastic_depth", "skip_init")
                  if getattr(cfg, k) is not None}
-    return create_model(cfg.model, len(data.classes), numerics=cfg.numerics or "deepmind",
+    return build_model(cfg.model, len(data.classes), numerics=cfg.numerics or "deepmind",
                         in_chans=data.in_chans, **overrides)
 
 

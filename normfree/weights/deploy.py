@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import MissingDependency
+from ..errors import ExportError, MissingDependency
 from ..files import atomic_write
 from ..nn.network import NFBlock
 from ..nn.padding import SameConv2d
@@ -19,10 +19,9 @@ def fold_ws(model):
     """Make `model` an inference model, in place, and return it (in eval mode).
 
     Every `WSConv2d` becomes a `SameConv2d` holding its standardised weight Ŵ (gain, γ and β
-    included), so no standardisation runs per call. In blocks without squeeze-excite, α · skip
-    gain is folded into the last conv too (exact: that conv's output only feeds the residual
-    sum); with SE it stays, because the SE gate is not linear in its input. Train the unfolded
-    model: a folded one has plain weights.
+    included), so no standardisation runs per call, and each NF block without an end-of-block
+    SE gate takes α · skip gain into its last conv (`NFBlock.fold_residual_scale_`). Train the
+    unfolded model: a folded one has plain weights.
     """
     model.eval()
     for parent in list(model.modules()):
@@ -38,13 +37,8 @@ def fold_ws(model):
                 conv.bias = nn.Parameter(child.bias.detach().clone(), requires_grad=False)
                 setattr(parent, name, conv)
     for block in model.modules():
-        if isinstance(block, NFBlock) and block.attention is None:
-            scale = block.alpha if block.skip_gain is None else block.skip_gain * block.alpha
-            block.conv3.weight.mul_(scale)
-            block.conv3.bias.mul_(scale)
-            if block.skip_gain is not None:
-                block.skip_gain.fill_(1.0)
-            block.alpha = 1.0
+        if isinstance(block, NFBlock):
+            block.fold_residual_scale_()
     return model
 
 
@@ -83,6 +77,6 @@ def export_onnx(model, path, image_size, batch_size=1, check=True, opset=18):
     error = ((torch.from_numpy(logits) - expected).abs().max() / expected.abs().max()).item()
     if error > 1e-4:
         Path(path).unlink()
-        raise RuntimeError(f"ONNX output differs from PyTorch by {error:.2e} (relative); the "
-                           "file was removed")
+        raise ExportError(f"ONNX output differs from PyTorch by {error:.2e} (relative); the "
+                          "file was removed")
     return error

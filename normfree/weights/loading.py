@@ -13,7 +13,7 @@ import torch
 
 from ..errors import CheckpointError
 from ..nn.variants import VARIANTS
-from ..nn.zoo import create_model
+from ..nn.zoo import build_model
 from . import haiku
 from .keymaps import convert_state_dict, detect_format
 
@@ -148,7 +148,7 @@ def _shapes(state):
 def _variant_shapes(name, num_classes, in_chans):
     """Parameter names and shapes of a variant, from a model built on the meta device."""
     with torch.device("meta"):
-        model = create_model(name, num_classes, in_chans=in_chans)
+        model = build_model(name, num_classes, in_chans=in_chans)
     return _shapes(model.state_dict())
 
 

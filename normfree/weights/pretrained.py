@@ -98,8 +98,8 @@ def load_pretrained(source, model_name=None, device=None, **overrides):
         raise CheckpointError(f"{path}: {e}") from None
     numerics = meta.get("numerics") or ("timm" if source_format == "timm" else "deepmind")
     num_classes, in_chans = state["head.fc.weight"].shape[0], state["stem.conv1.weight"].shape[1]
-    model = zoo.create_model(name, num_classes, numerics=numerics, in_chans=in_chans,
-                             **overrides)
+    model = zoo.build_model(name, num_classes, numerics=numerics, in_chans=in_chans,
+                            **overrides)
     load_weights(model, state, "normfree")  # first: another variant's shapes say more
     check_layout(model, meta.get("layout"), path)
     classes = tuple(meta.get("classes") or timm_config.get("label_names") or (
@@ -146,13 +146,13 @@ def _preprocessing(meta, timm_config, source_format, model):
 def create_model(name, num_classes=None, *, pretrained=False, numerics=None, device=None,
                  **overrides):
     """A model by name (`normfree.create_model`), on the CPU unless `device` says otherwise:
-    `nn.zoo.create_model`'s fresh one, or with `pretrained=True` loaded with the weights its
+    `nn.zoo.build_model`'s fresh one, or with `pretrained=True` loaded with the weights its
     makers released (`releases.RELEASES`) from the Hugging Face Hub. Then `num_classes` other
     than the weights' replaces the classifier (for fine-tuning) and `numerics` other than the
     weights' switches conventions."""
     if not pretrained:
-        model = zoo.create_model(name, num_classes or 1000, numerics=numerics or "deepmind",
-                                 **overrides)
+        model = zoo.build_model(name, num_classes or 1000, numerics=numerics or "deepmind",
+                                **overrides)
         return model if device is None else model.to(device)
     release = releases.RELEASES.get(name)
     if release is None:
@@ -161,7 +161,7 @@ def create_model(name, num_classes=None, *, pretrained=False, numerics=None, dev
     loaded = load_pretrained(release.hub_id, name, device or "cpu", **overrides)
     model = loaded.model
     if numerics and numerics != loaded.numerics:
-        switched = zoo.create_model(name, len(loaded.classes), numerics=numerics, **overrides)
+        switched = zoo.build_model(name, len(loaded.classes), numerics=numerics, **overrides)
         switched.load_state_dict(model.state_dict())
         model = switched.to(next(model.parameters()).device).eval()
     if num_classes and num_classes != len(loaded.classes):

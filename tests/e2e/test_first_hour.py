@@ -59,21 +59,35 @@ def test_first_hour(tmp_path):
     assert f"{run} is finished (3 epochs" in again and "nothing to do" in again
     assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before
 
-    # fine-tune the run's weights on a folder of 8 images a class (fewer than a batch)
+    # fine-tune the run's weights on a folder of 8 images a class (fewer than a batch); four
+    # epochs (one step each) learn the two colours (two epochs called both images "circle")
     write_folder(tmp_path / "shapes" / "train", ["circle", "square"], 8)
     tuned = tmp_path / "runs" / "tuned"
     out = normfree("train", "--preset", "finetune", "--init-from", run / "model.safetensors",
                    "--data-dir", tmp_path / "shapes", "--image-size", "16", "--val-size", "4",
-                   "--epochs", "2", "--workers", "0", "--no-progress", "--out-dir", tuned,
+                   "--epochs", "4", "--workers", "0", "--no-progress", "--out-dir", tuned,
                    cwd=tmp_path).stdout
     assert "--batch-size 32 is more than the 12 training images: using batches of 12" in out
-    image = tmp_path / "shapes" / "train" / "circle" / "0.png"
-    predicted = normfree("predict", "--weights", tuned / "model.safetensors", image,
+    circle, square = (tmp_path / "shapes" / "train" / name / "0.png" for name in
+                      ("circle", "square"))
+    predicted = normfree("predict", "--weights", tuned / "model.safetensors", circle, square,
                          cwd=tmp_path).stdout
-    assert "circle" in predicted and "square" in predicted
+    assert most_likely(predicted) == {str(circle): "circle", str(square): "square"}
     exported = normfree("export", "--weights", tuned / "model.safetensors", "--onnx",
                         tmp_path / "tuned.onnx", cwd=tmp_path).stdout
     assert "wrote" in exported and (tmp_path / "tuned.onnx").is_file()
+
+
+def most_likely(predicted):
+    """{image: its most likely class} from `normfree predict`'s output: each image's path, then
+    its classes indented, most likely first."""
+    tops, image = {}, None
+    for line in predicted.splitlines():
+        if not line.startswith(" "):
+            image = line
+        elif image not in tops:
+            tops[image] = line.split()[-1]
+    return tops
 
 
 def modes(run):

@@ -16,22 +16,7 @@ from PIL import Image
 import normfree
 from normfree.cli import main
 
-
-def cli(capsys, *argv):
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as e:  # argparse's own errors
-        code = e.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_refused(code, err, *fragments):
-    """Exit 2, one error line (after argparse's usage lines, for its own errors)."""
-    assert code == 2 and "Traceback" not in err, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 or lines[0].startswith("usage: "), err
-    assert all(f in lines[-1] or f in lines[0] for f in fragments), err
+from helpers import assert_refused, cli
 
 
 @pytest.fixture(scope="module")

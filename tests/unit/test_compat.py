@@ -9,12 +9,12 @@ import torch
 
 from normfree.training.checkpoints import load_checkpoint
 from normfree.training.config import from_dict
-from normfree.nn.zoo import create_model
+from normfree import create_model
 from normfree.training.optim import build_optimizer, load_optimizer_state
 from normfree.training.runs import evaluate_checkpoint
 from normfree.weights.pretrained import load_pretrained
 
-FIXTURES = Path(__file__).parent / "fixtures" / "v0.1.0"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "v0.1.0"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())
 INPUT = torch.randn(2, 3, 17, 17, generator=torch.Generator().manual_seed(0))
 

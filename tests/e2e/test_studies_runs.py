@@ -1,13 +1,13 @@
-"""The AGC stability study on a tiny grid: the CSV, the figure, and the claim it is about."""
+"""The AGC stability study and NF against BN on tiny grids: the CSV, the figure, and the claim
+each is about."""
 
 import csv
 from dataclasses import replace
 
 import pytest
 
+from normfree.analysis.studies import agc_study, nf_vs_bn, plot_agc_study, plot_nf_vs_bn
 from normfree.training.config import preset
-from normfree.analysis.studies import (agc_study, default_base, nf_vs_bn, plot_agc_study,
-                                       plot_nf_vs_bn)
 
 
 def test_agc_study_grid_records_divergence_and_accuracy(tmp_path):
@@ -50,11 +50,3 @@ def test_nf_vs_bn_trains_both_and_times_their_steps(tmp_path, monkeypatch):
     other_seed = [{**r, "seed": 1} for r in rows]  # several seeds: one line of means per run
     plot_nf_vs_bn(rows + other_seed, tmp_path / "bn.png", "test")
     assert (tmp_path / "bn.png").stat().st_size > 10_000
-
-
-def test_studies_keep_nfnet_s0_whatever_model_the_fmnist_preset_trains():
-    # the preset's model has no batch-norm twin; the studies in docs/results.md are of nfnet_s0
-    assert preset("fmnist").model == "nfnet_s0_dense"
-    base = default_base(epochs=3)
-    assert (base.model, base.epochs, base.ema_decay, base.compile) == ("nfnet_s0", 3, 0.0, False)
-    assert base.time_budget is None

@@ -1,3 +1,6 @@
+import sys
+
+import matplotlib
 import pytest
 import torch
 
@@ -58,3 +61,16 @@ def test_csv_and_png(curves, tmp_path):
     lines = (tmp_path / "spp.csv").read_text().splitlines()
     assert len(lines) == 1 + sum(len(r) for r in curves.values())
     assert (tmp_path / "spp.png").stat().st_size > 10_000
+
+
+def test_the_study_leaves_the_random_state_and_matplotlib_as_they_were(tmp_path, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("library code chose a matplotlib backend")
+    monkeypatch.setattr(matplotlib, "use", refuse)
+    state = torch.get_rng_state()
+    curves = paper_comparison(depth=26, image_size=32, batch_size=2)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert curves == paper_comparison(depth=26, image_size=32, batch_size=2)  # still seeded
+    plot(curves, tmp_path / "spp.png")
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    assert pyplot is None or not pyplot.get_fignums()  # no figure left registered with pyplot

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from normfree import adaptive_clip_grad_, create_model, param_groups
+from normfree.errors import ConfigError
 from normfree.training.agc import classifier_name, clip_param_groups_
 
 
@@ -71,7 +72,7 @@ def test_param_groups_exclude_classifier_from_agc_by_name():
 
 
 def test_model_without_classifier_is_an_error():
-    with pytest.raises(ValueError, match="no identifiable classifier"):
+    with pytest.raises(ConfigError, match="no identifiable classifier"):
         classifier_name(torch.nn.Sequential(torch.nn.Conv2d(1, 1, 1)))
 
 

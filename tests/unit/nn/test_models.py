@@ -4,7 +4,7 @@ import torch
 
 from normfree import block_betas, count_macs, count_params, create_model, list_models
 from normfree.nn.config import plan_blocks
-from normfree.nn.network import NFBlock
+from normfree.nn.network import BranchOutput, NFBlock
 from normfree.nn.counts import count
 from normfree.nn.variants import BN_TWINS, VARIANTS, get_config
 
@@ -262,9 +262,26 @@ def test_se_gate_folded_into_skip_gain_multiply_matches_the_materialised_branch(
         observed = block(x)
         handle.remove()
     assert gate.shape == (4, out.shape[1], 1, 1)
-    assert torch.allclose(seen[0], out * gate)  # a hook on `residual` sees the whole branch
+    # a hook on `residual` sees the whole branch, and watching changes nothing
+    assert torch.allclose(BranchOutput.value(seen[0]), out * gate)
     assert torch.allclose(folded, shortcut + 0.7 * block.alpha * out * gate, atol=1e-6)
-    assert torch.allclose(observed, folded, atol=1e-6)
+    assert torch.equal(observed, folded)
+
+
+@pytest.mark.parametrize("name,folds", [("nf_resnet26", True), ("nf_regnet_b0", True),
+                                        ("nfnet_f0", False)])
+def test_folding_the_residual_scale_keeps_the_blocks_output(name, folds):
+    """α · skip gain into a Scaled-WS conv3's gain; not past an end-of-block SE gate."""
+    torch.manual_seed(0)
+    block = create_model(name, 4).stages[1][0].eval()
+    with torch.no_grad():
+        block.skip_gain.fill_(0.5)
+        x = torch.randn(2, block.conv1.in_channels, 8, 8)
+        before = block(x)
+        assert block.fold_residual_scale_() is folds
+        after = block(x)
+    assert (block.alpha, block.skip_gain.item()) == ((1.0, 1.0) if folds else (0.2, 0.5))
+    assert torch.allclose(after, before, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["nfnet_f0", "nfnet_f1_plus", "nf_resnet50", "nf_regnet_b0",

@@ -1,31 +1,15 @@
 import gzip
-import struct
 
 import pytest
 import torch
 
 from normfree.data.batches import TensorBatches
 from normfree.data.datasets import holdout_split
-from normfree.data.fashion_mnist import FMNIST_FILES, load_fashion_mnist, read_idx
+from normfree.data.fashion_mnist import load_fashion_mnist, read_idx
 from normfree.data.transforms import small_image_transform
 from normfree.errors import DataError
 
-
-def idx_bytes(array_uint8):
-    header = struct.pack(">BBBB", 0, 0, 0x08, array_uint8.ndim)
-    header += b"".join(struct.pack(">I", s) for s in array_uint8.shape)
-    return header + array_uint8.numpy().tobytes()
-
-
-def write_fmnist(directory, n_train=20, n_test=10):
-    g = torch.Generator().manual_seed(0)
-    for split, n in (("train", n_train), ("test", n_test)):
-        images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=g)
-        labels = torch.randint(0, 10, (n,), dtype=torch.uint8, generator=g)
-        image_name, label_name = FMNIST_FILES[split]
-        (directory / (image_name + ".gz")).write_bytes(gzip.compress(idx_bytes(images)))
-        (directory / (label_name + ".gz")).write_bytes(gzip.compress(idx_bytes(labels)))
-    return directory
+from helpers import idx_bytes, write_fmnist
 
 
 def test_read_idx_roundtrip(tmp_path):

@@ -11,9 +11,10 @@ from PIL import Image
 from normfree import create_model
 from normfree.errors import CheckpointError
 from normfree.weights.metadata import export_weights
-from normfree.errors import DataError
-from normfree.weights.deploy import fold_ws
+from normfree.errors import DataError, ExportError, NormfreeError
+from normfree.weights.deploy import export_onnx, fold_ws
 from normfree.data.transforms import image_transform
+from normfree.nn.network import NFBlock
 from normfree.nn.ws_conv import WSConv2d
 from normfree.weights.pretrained import (imagenet_classes, load_pretrained, predict,
                                          reference_preprocessing)
@@ -30,10 +31,12 @@ def randomise_skip_gains(model, seed=0):
     return model
 
 
-@pytest.mark.parametrize("name,size", [("nfnet_f0", 64), ("nf_resnet26", 65), ("nfnet_s0", 28)])
+@pytest.mark.parametrize("name,size", [("nfnet_f0", 64), ("nf_resnet26", 65), ("nfnet_s0", 28),
+                                       ("nf_regnet_b0", 64)])
 def test_fold_ws_matches_unfolded_model(name, size):
     torch.manual_seed(0)
     model = randomise_skip_gains(create_model(name, 10, in_chans=3)).eval()
+    torch.nn.init.normal_(model.head.fc.weight, 0.0, 0.01)  # some variants start it at 0
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         expected = model(x)
@@ -41,9 +44,26 @@ def test_fold_ws_matches_unfolded_model(name, size):
         got = folded(x)
     assert not any(isinstance(m, WSConv2d) for m in folded.modules())
     assert relative_error(got, expected) < 1e-5
-    if name == "nf_resnet26":  # no SE: α · skip gain went into the last conv of each block
+    if name in ("nf_resnet26", "nf_regnet_b0"):  # no SE at the block end: α · skip gain went
         gains = [p.item() for n, p in folded.named_parameters() if n.endswith("skip_gain")]
-        assert gains and all(g == 1.0 for g in gains)
+        assert gains and all(g == 1.0 for g in gains)  # into the last conv of each block
+        assert all(b.alpha == 1.0 for b in folded.modules() if isinstance(b, NFBlock))
+
+
+def test_onnx_output_that_differs_is_an_export_error_and_removes_the_file(tmp_path,
+                                                                          monkeypatch):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    real_session = onnxruntime.InferenceSession
+
+    class OffByOne(real_session):  # a runtime whose logits are all 1 too high
+        def run(self, *args):
+            return [logits + 1 for logits in super().run(*args)]
+    monkeypatch.setattr(onnxruntime, "InferenceSession", OffByOne)
+    path = tmp_path / "tiny.onnx"
+    with pytest.raises(ExportError, match="ONNX output differs from PyTorch") as refused:
+        export_onnx(create_model("nfnet_tiny", 4), path, image_size=16)
+    assert isinstance(refused.value, NormfreeError)  # the command line prints one line
+    assert not path.exists()
 
 
 @pytest.mark.parametrize("name,size", [("nfnet_f0", 64), ("nf_resnet26", 64),
@@ -203,3 +223,9 @@ def test_load_pretrained_refuses_weights_of_another_layout(tmp_path):
     with pytest.raises(CheckpointError, match=r"strides \[2, 2\] \(this version: \[1, 2\]\)"):
         load_pretrained(tmp_path / "other.safetensors", device="cpu")
     assert load_pretrained(tmp_path / "same.safetensors", device="cpu").name == "nfnet_tiny"
+
+
+@pytest.mark.parametrize("bad", ["hf-hub:", "hf-hub:no_owner", "hf-hub:a/b/c"])
+def test_malformed_hub_id_is_refused_before_any_lookup(bad):
+    with pytest.raises(CheckpointError, match="hf-hub:OWNER/NAME"):
+        load_pretrained(bad)

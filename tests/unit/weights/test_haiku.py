@@ -12,60 +12,12 @@ from normfree import create_model, load_weights
 from normfree.errors import CheckpointError
 from normfree.weights.haiku import UnsafeWeightsError, read_haiku_file
 
-_INNER = {"conv1": "conv0", "conv2": "conv1", "conv2b": "conv1b", "conv3": "conv2",
-          "downsample.conv": "conv_shortcut", "se.fc1": "squeeze_excite/~/linear",
-          "se.fc2": "squeeze_excite/~/linear_1"}
-
-
-def to_haiku(model, mapping=dict):
-    """The reference's {module: {param: array}} for a normfree NFNet, written independently of
-    normfree.haiku: HWIO kernels, [in, out] linear weights, Haiku module names."""
-    depths = model.cfg.depths
-    block_index = {}
-    for s, depth in enumerate(depths):
-        for b in range(depth):
-            block_index[f"stages.{s}.{b}"] = len(block_index)
-    params = {}
-    for key, tensor in model.state_dict().items():
-        module, name = key.rsplit(".", 1)
-        array = tensor.detach().numpy()
-        if array.ndim == 4:
-            array = array.transpose(2, 3, 1, 0)  # OIHW → HWIO
-        elif array.ndim == 2:
-            array = array.T
-        if module.startswith("stem.conv"):
-            path = f"NFNet/~/stem_conv{int(module[-1]) - 1}"
-        elif module == "final_conv":
-            path = "NFNet/~/final_conv"
-        elif module == "head.fc":
-            path = "NFNet/~/linear"
-        else:
-            parts = module.split(".")
-            k = block_index[".".join(parts[:3])] if name != "skip_gain" else block_index[module]
-            path = "NFNet/~/nf_block" + (f"_{k}" if k else "")
-            if name != "skip_gain":
-                path += "/~/" + _INNER[".".join(parts[3:])]
-        hk_name = {"weight": "w", "bias": "bias" if "conv" in path else "b"}.get(name, name)
-        params.setdefault(path, {})[hk_name] = np.array(array)
-    return {k: mapping(v) for k, v in params.items()}
-
-
-def randomised(name, seed):
-    """A variant with random non-trivial skip gains, gains and biases (not their init values)."""
-    torch.manual_seed(seed)
-    model = create_model(name).eval()
-    with torch.no_grad():
-        for key, p in model.named_parameters():
-            if key.endswith("skip_gain"):
-                p.uniform_(0.2, 1.0)
-            elif key.endswith(("gain", "bias")):
-                p.uniform_(0.5, 1.5) if key.endswith("gain") else p.normal_(0, 0.1)
-    return model
+from helpers import randomised_nfnet, to_haiku
 
 
 @pytest.fixture(scope="module")
 def f0():
-    return randomised("nfnet_f0", 0)
+    return randomised_nfnet("nfnet_f0", 0)
 
 
 @pytest.fixture(scope="module")
@@ -74,23 +26,6 @@ def f0_haiku_file(f0, tmp_path_factory):
     path = tmp_path_factory.mktemp("haiku") / "F0_haiku.npz"
     path.write_bytes(pickle.dumps(to_haiku(f0), protocol=4))
     return path
-
-
-@pytest.fixture
-def fake_haiku(monkeypatch):
-    """Haiku's FlatMapping under its real module path, pickled as a call with one mapping."""
-    module = types.ModuleType("haiku._src.data_structures")
-
-    class FlatMapping(dict):
-        def __reduce__(self):
-            return FlatMapping, (dict(self),)
-    FlatMapping.__module__ = "haiku._src.data_structures"
-    FlatMapping.__qualname__ = "FlatMapping"
-    module.FlatMapping = FlatMapping
-    for name in ("haiku", "haiku._src"):
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    monkeypatch.setitem(sys.modules, "haiku._src.data_structures", module)
-    return FlatMapping
 
 
 def test_module_count_matches_spec(f0):
@@ -246,36 +181,3 @@ def test_stem_and_first_block_match_numpy_reference(f0, f0_haiku_file):
     for got, expected in ((got_stem, stem), (got_block, expected_block)):
         got = got.permute(0, 2, 3, 1).double().numpy()
         assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-5
-
-
-def test_convert_haiku_to_safetensors(f0, f0_haiku_file, tmp_path):
-    import json
-
-    from safetensors import safe_open
-
-    from normfree.cli import main
-    assert main(["convert", str(f0_haiku_file), str(tmp_path / "f0.safetensors")]) == 0
-    with safe_open(tmp_path / "f0.safetensors", "pt") as f:
-        meta = f.metadata()
-    assert meta["model"] == "nfnet_f0" and meta["numerics"] == "deepmind"
-    assert len(meta["source_sha256"]) == 64
-    assert json.loads(meta["preprocessing"])["crop"] == 256
-    model = load_weights(create_model("nfnet_f0"), tmp_path / "f0.safetensors")
-    assert all(torch.equal(model.state_dict()[k], v) for k, v in f0.state_dict().items())
-
-
-def test_deeper_variant_is_inferred_from_a_haiku_file(tmp_path, fake_haiku):
-    """F1 (24 blocks, 178 modules): `load_pretrained` finds the variant from the file alone."""
-    from normfree.weights.pretrained import load_pretrained
-    f1 = randomised("nfnet_f1", 1)
-    modules = to_haiku(f1, fake_haiku)
-    assert len(modules) == 4 + 7 * 24 + 4 + 2
-    path = tmp_path / "F1_haiku.npz"
-    path.write_bytes(pickle.dumps(modules, protocol=4))
-    pretrained = load_pretrained(path, device="cpu")
-    assert pretrained.name == "nfnet_f1" and pretrained.numerics == "deepmind"
-    assert pretrained.source_format == "haiku" and len(pretrained.classes) == 1000
-    x = torch.randn(1, 3, 48, 48, generator=torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        expected, got = f1(x), pretrained.model(x)
-    assert ((got - expected).abs().max() / expected.abs().max()).item() <= 1e-6
