@@ -16,12 +16,18 @@ def _umask():
     return mask
 
 
-def atomic_write(path, write):
+def temp_files(folder):
+    """The temporary files `atomic_write` leaves in `folder` when killed mid-write."""
+    return sorted(Path(folder).glob(".*.tmp"))
+
+
+def atomic_write(path, write, before_replace=None):
     """Call `write(binary_file)` on a temp file next to `path`, fsync it, then rename it.
 
-    A crash or a full disk never leaves a half-written file under the real name. The file gets
-    the permissions of any new file (0666 minus the umask), like files other tools write. The
-    folder must exist.
+    A crash or a full disk never leaves a half-written file under the real name (a kill leaves
+    the temp file: `temp_files`). The file gets the permissions of any new file (0666 minus the
+    umask), like files other tools write. The folder must exist. `before_replace()` runs once
+    the new file is safely on disk, before it replaces the old one.
     """
     path = Path(path)
     check_writable(path)
@@ -33,6 +39,8 @@ def atomic_write(path, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException as e:
         if tmp is not None:

@@ -166,7 +166,7 @@ def test_budgeted_run_stopped_and_resumed_equals_an_uninterrupted_one(tmp_path, 
 
     def save_then_die(path, state):
         real_save(path, state)
-        if state["step"] == stop_at:
+        if state.step == stop_at:
             raise KeyboardInterrupt
     monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
     cfg = preset("debug", time_budget="60s", warmup_epochs=3, checkpoint_every=1,

@@ -10,6 +10,11 @@ from ..files import append_csv_row, read_csv, write_csv
 from . import distributed
 
 
+def say(message):
+    """The default `log` callable: a line on stdout, at once (a run's progress is read live)."""
+    print(message, flush=True)
+
+
 class MetricsLog:
     """Appends one row per epoch to metrics.csv (and TensorBoard, if asked)."""
 

@@ -27,13 +27,15 @@ from ..weights.metadata import check_layout, export_weights, layout_of
 from . import distributed
 from .budget import (StepTimer, budget_left, plan_budget, refuse_known_too_small,
                      validates_periodically)
-from .checkpoints import load_checkpoint, rng_states, save_checkpoint, set_rng_states
+from .checkpoints import Checkpoint, rng_states, save_checkpoint, set_rng_states
 from .config import TrainConfig, describe, from_dict, to_dict
 from .logs import EpochTally, MetricsLog, plot_curves
 from .optim import (EMA, batch_mixer, build_optimizer, load_optimizer_state, lr_at, train_step,
                     warmup_steps)
 from .resizing import downscaled, is_small, pixel_share, small_size
-from .resume import config_differences, make_run_dir, run_dir
+from .lock import RunLock
+from .resume import config_differences, run_dir
+from .run_folder import CHECKPOINT, PREVIOUS, checkpoint_resumed, make_run_dir
 from .runs import (compiled, evaluate_as_configured, freeze, initialise_from, memory_format,
                    model_for, preprocessing_of, resolve_config)
 from .signals import StopOnSignal
@@ -116,11 +118,17 @@ def train(cfg: TrainConfig):
 def _train(cfg, procs, device):
     started = time.time()
     out = Path(distributed.gather(procs, str(run_dir(cfg)) if procs.main else None)[0])
+    with RunLock(out) as lock:  # rank 0 owns the folder: from here, or once it makes it
+        if procs.main and out.is_dir():
+            lock.acquire()
+        return _train_owned(cfg, procs, device, started, out, lock)
+
+
+def _train_owned(cfg, procs, device, started, out, lock):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    path = out / "checkpoint.pt"
-    state = load_checkpoint(path, map_location=device) if cfg.resume and path.is_file() else None
-    cfg, source = resolve_config(cfg, device, state and state["config"])
+    state, path = checkpoint_resumed(cfg, procs, device, out)
+    cfg, source = resolve_config(cfg, device, state and state.config)
     if cfg.time_budget and not cfg.steps:
         refuse_known_too_small(cfg, procs)
     run = build_run(cfg, started, procs, device, out, source)  # reads the data: checks it
@@ -129,7 +137,7 @@ def _train(cfg, procs, device):
         if run.epoch >= (run.num_epochs or math.inf) and (out / "results.json").is_file():
             return finished(run)
     if procs.main:
-        make_run_dir(out, run.cfg)  # only now, once everything has been checked
+        make_run_dir(out, run.cfg, lock)  # only now, once everything has been checked
     announce(run)
     if run.total_steps is None:
         run.timer = StepTimer.in_warmup(run.step, run.warmup_steps)
@@ -201,17 +209,17 @@ def ddp(model):
 
 def restore(run, state, path):
     """Continue from a checkpoint written with the same settings (but for how it executes)."""
-    differ = config_differences(run.cfg, from_dict(state["config"]))
+    differ = config_differences(run.cfg, from_dict(state.config))
     if differ:
         raise ConfigError(f"{path} was written with other settings; " + "; ".join(differ))
-    check_layout(run.model, state.get("layout"), path)
-    run.model.load_state_dict(state["model"])
-    load_optimizer_state(run.optimizer, state["optimizer"])
+    check_layout(run.model, state.layout, path)
+    run.model.load_state_dict(state.model)
+    load_optimizer_state(run.optimizer, state.optimizer)
     if run.ema is not None:
-        run.ema.module.load_state_dict(state["ema"])
-    run.step, run.epoch, run.selected = state["step"], state["epoch"], state["selected"]
-    run.plan = state.get("budget")
-    run.started -= state.get("train_seconds", 0.0)  # the time of the earlier processes
+        run.ema.module.load_state_dict(state.ema)
+    run.step, run.epoch, run.selected = state.step, state.epoch, state.selected
+    run.plan = state.budget
+    run.started -= state.train_seconds  # the time of the earlier processes
 
 
 def announce(run):
@@ -223,7 +231,10 @@ def announce(run):
     print(f"normfree train: {run.cfg.model} on {run.cfg.dataset}, {params:,} params, "
           f"{run.steps_per_epoch} steps/epoch{over}, output in {run.out}\n"
           f"{describe(run.cfg)}", flush=True)
-    if run.step:
+    if run.step and run.epoch >= (run.num_epochs or math.inf):  # stopped while finishing
+        print(f"resuming {run.out} after its last step ({run.step}): testing and exporting",
+              flush=True)
+    elif run.step:
         print(f"resuming {run.out} from step {run.step} (epoch {run.epoch + 1} of "
               f"{run.num_epochs or '?'})", flush=True)
     save_json(run.out / "config.json", to_dict(run.cfg))
@@ -236,14 +247,13 @@ def save_run_checkpoint(run, epoch, tally=None):
     rng = distributed.gather(run.procs, rng_states()) if tally else None
     tally = tally and tally.summed(run.procs, run.device)
     if run.procs.main:
-        save_checkpoint(run.out / "checkpoint.pt", {
-            "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "ema": run.ema.module.state_dict() if run.ema else None, "step": run.step,
-            "epoch": epoch, "tally": tally and tally.state(), "rng": rng,
-            "selected": run.selected, "train_seconds": time.time() - run.started,
-            "budget": run.plan,
-            "config": to_dict(run.cfg), "model_name": run.cfg.model,
-            "layout": layout_of(run.model), "classes": list(run.data.classes)})
+        save_checkpoint(run.out / CHECKPOINT, Checkpoint(
+            model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
+            ema=run.ema.module.state_dict() if run.ema else None, step=run.step,
+            epoch=epoch, tally=tally and tally.state(), rng=rng, selected=run.selected,
+            train_seconds=time.time() - run.started, budget=run.plan,
+            config=to_dict(run.cfg), model_name=run.cfg.model, layout=layout_of(run.model),
+            classes=list(run.data.classes)), previous=run.out / PREVIOUS)
 
 
 def train_epoch(run, epoch, stop, resumed=None):
@@ -254,11 +264,11 @@ def train_epoch(run, epoch, stop, resumed=None):
     torch.manual_seed(cfg.seed * 100003 + epoch + 1000003 * procs.rank)
     run.data.train.generator.manual_seed(cfg.seed * 100003 + epoch)
     tally = EpochTally()
-    if resumed is not None and resumed.get("tally"):
-        saved = resumed["tally"]  # sums over all processes
+    if resumed is not None and resumed.tally:
+        saved = resumed.tally  # sums over all processes
         tally = EpochTally(**saved) if procs.main else EpochTally(saved["batches"])
-        if len(resumed["rng"]) == procs.world_size:  # else: not bit-exact, same order
-            set_rng_states(resumed["rng"][procs.rank])
+        if len(resumed.rng) == procs.world_size:  # else: not bit-exact, same order
+            set_rng_states(resumed.rng[procs.rank])
     if run.plan is not None:  # budgeted and planned: plan again at the end of this epoch
         run.timer = StepTimer.rest_of_epoch(run, epoch)
     run.model.train()

@@ -19,8 +19,9 @@ from ..nn.zoo import create_model
 from ..runtime import bf16_available, default_device
 from ..weights.metadata import check_layout
 from ..weights.pretrained import load_pretrained, reference_preprocessing
-from .checkpoints import load_checkpoint
+from .checkpoints import read_checkpoint
 from .config import from_dict
+from .run_folder import CHECKPOINT
 
 
 def model_for(cfg, data):
@@ -115,17 +116,17 @@ def evaluate_checkpoint(path, data_dir=None, split="test", device=None):
     """Top-1/top-5 of the weights a run selected (EMA or raw) on its dataset's `split`;
     `path` is the checkpoint or the run directory holding it."""
     if Path(path).is_dir():
-        path = Path(path) / "checkpoint.pt"
-    state = load_checkpoint(path)
-    cfg = from_dict(state["config"])
+        path = Path(path) / CHECKPOINT
+    state = read_checkpoint(path)
+    cfg = from_dict(state.config)
     if data_dir is not None:
         cfg = replace(cfg, data_dir=data_dir)
     device = default_device(device)
     data = make_data(cfg)
     model = model_for(cfg, data)
-    weights = state["selected"][0] if state.get("selected") else "raw"
-    check_layout(model, state.get("layout"), path)
-    model.load_state_dict(state["ema"] if weights == "ema" else state["model"])
+    weights = state.selected[0] if state.selected else "raw"
+    check_layout(model, state.layout, path)
+    model.load_state_dict(state.ema if weights == "ema" else state.model)
     model.to(device, memory_format=memory_format(cfg))
     batches = data.train_eval if split == "train" else getattr(data, split)
     if batches is None:
