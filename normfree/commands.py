@@ -22,7 +22,8 @@ from .nn.variants import BN_TWINS, bn_twin_name
 from .training.config import config_from_args, given_flags
 from .training.distributed import launch
 from .training.loop import train
-from .training.resume import RUNS_ROOT, config_for_resume
+from .training.lock import RunLock
+from .training.resume import RUNS_ROOT, config_for_resume, run_dir
 from .training.runs import evaluate_checkpoint
 from .weights.deploy import export_onnx
 from .weights.pretrained import convert_file, load_pretrained, predict
@@ -45,8 +46,20 @@ def cmd_train(args):
         if config.batch_size % args.nproc:
             raise ConfigError(f"--batch-size {config.batch_size} (the global batch) must divide "
                              f"evenly over {args.nproc} processes")
-        return launch(args.nproc, without_flag(args.argv, "--nproc"))
+        return launch_owning(args.nproc, without_flag(args.argv, "--nproc"), config)
     train(config)
+
+
+def launch_owning(nproc, argv, config):
+    """`launch` holding the run folder's lock for the whole job (rank 0 holds it too, should
+    this process die); the processes are told the folder, so that they all name it alike."""
+    out = run_dir(config)
+    if config.out_dir is None:
+        argv = [*argv, "--out-dir", str(out)]
+    with RunLock(out) as lock:
+        if out.is_dir():  # else rank 0 makes it, once its checks pass, and takes the lock
+            lock.acquire()
+        return launch(nproc, argv)
 
 
 def without_flag(argv, flag):

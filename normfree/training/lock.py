@@ -4,10 +4,10 @@ The kernel drops a `flock` when its holder dies, however it dies (kill -9, the O
 the lock itself is never stale; what a dead holder leaves is its PID in the file, which the next
 owner reports as a takeover (a holder that ends normally empties the file first).
 
-Under `normfree train --nproc N` the launcher takes the lock before it starts the processes and
-names itself in `HOLDER_ENV`. Rank 0 finds the lock taken by that PID and waits for it in a
-thread: should the launcher die, rank 0 holds the lock from that moment until it has stopped
-(it stops too: its parent-death signal, `distributed.start`).
+Under `normfree train --nproc N` the launcher takes the lock before it starts the processes
+and names itself to them (`distributed.LAUNCHER_ENV`). Rank 0 finds the lock taken by that PID
+and waits for it in a thread: should the launcher die, rank 0 holds the lock from that moment
+until it has stopped (it stops too: its parent-death signal, `distributed.die_with_launcher`).
 """
 
 import fcntl
@@ -16,10 +16,10 @@ import threading
 from pathlib import Path
 
 from ..errors import FolderInUse
+from .distributed import LAUNCHER_ENV
 from .logs import say
 
 LOCK_NAME = ".lock"
-HOLDER_ENV = "NORMFREE_RUN_LOCK_HOLDER"
 
 
 def _holder(fd):
@@ -39,19 +39,20 @@ class RunLock:
 
     def __init__(self, folder, log=say):
         self.folder, self.log = Path(folder), log
-        self.fd = None
+        self.fd, self.waiting = None, False
 
     def acquire(self):
-        if self.fd is not None:
+        if self.fd is not None or self.waiting:
             return self
         fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = _holder(fd)
-            if holder is not None and str(holder) == os.environ.get(HOLDER_ENV):
+            if holder is not None and str(holder) == os.environ.get(LAUNCHER_ENV):
+                self.waiting = True  # our launcher holds it for this job
                 threading.Thread(target=self._take_when_free, args=(fd,), daemon=True).start()
-                return self  # our launcher holds it for this job
+                return self
             os.close(fd)
             raise FolderInUse(f"{self.folder} is in use by process {holder} (another normfree "
                               "run): wait for it to end or stop it, or choose another "

@@ -105,7 +105,8 @@ def train(cfg: TrainConfig):
     """
     procs, device = distributed.start(cfg.device)
     try:
-        result = _train(cfg, procs, device)
+        with distributed.peer_failures_in_one_line(procs):
+            result = _train(cfg, procs, device)
     except TrainingStopped:  # every process stopped at the same step: leave together
         distributed.stop(procs)
         raise
