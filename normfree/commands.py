@@ -17,6 +17,7 @@ from .analysis.hypothesis import (datasize_study, difference_table, gap_growth_t
 from .analysis.spp import paper_comparison, plot, write_curves_csv
 from .analysis.studies import agc_study, default_base, nf_vs_bn, plot_agc_study, plot_nf_vs_bn
 from .errors import ConfigError, DataError, OutputError
+from .evaluation import protocol_text
 from .files import check_writable, save_json
 from .nn.variants import BN_TWINS, bn_twin_name
 from .training.config import config_from_args, given_flags
@@ -76,7 +77,7 @@ def without_flag(argv, flag):
 
 
 def cmd_eval(args):
-    check_writable(args.json, "--json")
+    check_writable(args.json, "--json", probe=True)  # before the evaluation, not after it
     if (args.checkpoint is None) == (args.weights is None):
         raise ConfigError("give either --checkpoint (a training run) or --weights with --data")
     if args.weights is not None:
@@ -85,19 +86,21 @@ def cmd_eval(args):
                              "with --labels FILE)")
         pretrained = load_pretrained(args.weights, args.model)
         result = pretrained.evaluate_folder(args.data, args.labels, args.image_size,
-                                            args.batch_size, args.bad_images)
+                                            args.batch_size, args.bad_images,
+                                            tta_flip=bool(args.tta_flip))
         result["weights"] = str(args.weights)
     else:
-        result = evaluate_checkpoint(args.checkpoint, data_dir=args.data, split=args.split)
+        result = evaluate_checkpoint(args.checkpoint, data_dir=args.data, split=args.split,
+                                     tta_flip=args.tta_flip)
     print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  ({result['images']} "
           f"images" + (f", {result['skipped']} unreadable skipped" if result.get("skipped")
-                       else "") + ")")
+                       else "") + f"; {protocol_text(result['protocol'])})")
     if args.json:
         save_json(args.json, result)
 
 
 def cmd_predict(args):
-    check_writable(args.json, "--json")
+    check_writable(args.json, "--json", probe=True)
     pretrained = load_pretrained(args.weights, args.model)
     results = predict(pretrained, args.images, args.top, args.image_size, bad_images="skip")
     for path, top in zip(args.images, results):

@@ -51,15 +51,24 @@ def atomic_write(path, write, before_replace=None):
         raise
 
 
-def check_writable(path, what=None):
+def check_writable(path, what=None, probe=False):
     """Refuse an output file whose folder does not exist (normfree creates run directories,
-    nothing else). `what` (e.g. the flag) names the file in the message; None: nothing to do."""
+    nothing else), and with `probe` one whose folder takes no new file (read-only, full): a
+    command that writes only at its end checks first. `what` (e.g. the flag) names the file
+    in the message; `path` None: nothing to do."""
     if path is None:
         return
     folder = Path(path).parent
     if not folder.is_dir():
         raise OutputError(f"{what + ' ' if what else ''}{path}: the folder {folder} does not "
                           "exist (create it first)")
+    if probe:
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            raise OutputError(f"{what + ' ' if what else ''}{path}: cannot write in {folder} "
+                              f"({e.strerror or e})") from None
 
 
 def save_json(path, values):

@@ -1,6 +1,8 @@
 """A run's logs: one metrics.csv row per epoch (and TensorBoard scalars, if asked), the running
 tally of an epoch's training metrics, and curves.png drawn from metrics.csv."""
 
+import csv
+import os
 import time
 from pathlib import Path
 
@@ -18,16 +20,24 @@ def say(message):
 class MetricsLog:
     """Appends one row per epoch to metrics.csv (and TensorBoard, if asked)."""
 
-    def __init__(self, out_dir, tensorboard=False, keep_epochs=0):
-        """`keep_epochs`: rows of later epochs (written before a crash, redone on resume) go."""
+    def __init__(self, out_dir, tensorboard=False, keep_epochs=0, log=say):
+        """`keep_epochs`: rows of later epochs (written before a crash, redone on resume) go.
+        A damaged file (a person's output, not the run's state) is set aside, said."""
         self.path = Path(out_dir) / "metrics.csv"
         if self.path.exists():
-            rows = read_csv(self.path, numbers=False)
-            kept = [r for r in rows if float(r["epoch"]) <= keep_epochs]
+            try:
+                rows = read_csv(self.path, numbers=False)
+                kept = [r for r in rows if float(r["epoch"]) <= keep_epochs]
+            except (UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as e:
+                aside = self.path.with_name("metrics.damaged.csv")
+                os.replace(self.path, aside)
+                log(f"{self.path} is damaged ({type(e).__name__}): set aside as {aside.name}; "
+                    f"the new one starts after epoch {keep_epochs}")
+                kept = []
             if kept:
                 write_csv(self.path, list(kept[0]), kept)
             else:  # `append` starts it again, header first
-                self.path.unlink()
+                self.path.unlink(missing_ok=True)
         self.writer = None
         if tensorboard:
             try:

@@ -20,7 +20,8 @@ from tqdm import tqdm
 
 from ..data.batches import Normalize
 from ..data.datasets import make_data
-from ..errors import ConfigError, TrainingStopped
+from ..errors import ConfigError, TrainingDiverged, TrainingStopped
+from ..evaluation import protocol_text
 from ..files import save_json
 from ..runtime import machine_info
 from ..weights.metadata import check_layout, export_weights, layout_of
@@ -35,9 +36,11 @@ from .optim import (EMA, batch_mixer, build_optimizer, load_optimizer_state, lr_
 from .resizing import downscaled, is_small, pixel_share, small_size
 from .lock import RunLock
 from .resume import config_differences, run_dir
-from .run_folder import CHECKPOINT, PREVIOUS, checkpoint_resumed, make_run_dir
+from .run_folder import (CHECKPOINT, PREVIOUS, checkpoint_resumed, make_run_dir,
+                         what_is_kept)
 from .runs import (compiled, evaluate_as_configured, freeze, initialise_from, memory_format,
-                   model_for, preprocessing_of, resolve_config)
+                   model_for, preprocessing_of, protocol_of, refuse_unaffordable_run,
+                   resolve_config)
 from .signals import StopOnSignal
 
 
@@ -122,7 +125,10 @@ def _train(cfg, procs, device):
     with RunLock(out) as lock:  # rank 0 owns the folder: from here, or once it makes it
         if procs.main and out.is_dir():
             lock.acquire()
-        return _train_owned(cfg, procs, device, started, out, lock)
+        try:
+            return _train_owned(cfg, procs, device, started, out, lock)
+        except TrainingDiverged as e:
+            raise TrainingDiverged(f"{e}; {what_is_kept(out)}", e.step) from None
 
 
 def _train_owned(cfg, procs, device, started, out, lock):
@@ -130,6 +136,7 @@ def _train_owned(cfg, procs, device, started, out, lock):
         torch.set_num_threads(cfg.threads)
     state, path = checkpoint_resumed(cfg, procs, device, out)
     cfg, source = resolve_config(cfg, device, state and state.config)
+    refuse_unaffordable_run(cfg, device, procs.world_size)
     if cfg.time_budget and not cfg.steps:
         refuse_known_too_small(cfg, procs)
     run = build_run(cfg, started, procs, device, out, source)  # reads the data: checks it
@@ -376,8 +383,9 @@ def finish(run):
                    {"model": cfg.model, "numerics": cfg.numerics or "deepmind",
                     "classes": list(run.data.classes),
                     "preprocessing": preprocessing_of(cfg, run.data), "config": to_dict(cfg)})
+    weights = run.selected[0] if run.selected else "raw"
     results = {"test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"],
-               "weights": run.selected[0] if run.selected else "raw",
+               "weights": weights, "protocol": protocol_of(cfg, run.data, weights),
                "val_top1": run.selected[1] if run.selected else None,
                "epochs": run.num_epochs, "steps": run.step,
                "train_seconds": time.time() - run.started, "budget": run.plan,
@@ -386,7 +394,7 @@ def finish(run):
                                   in (("train", run.data.train), ("test", run.data.test))}}
     save_json(out / "results.json", results)
     print(f"test top-1 {test['top1']:.2f}%  top-5 {test['top5']:.2f}%  "
-          f"({results['weights']} weights, {results['train_seconds'] / 60:.1f} min)\n"
+          f"({protocol_text(results['protocol'])}; {results['train_seconds'] / 60:.1f} min)\n"
           f"artefacts: {out}/ (results.json, metrics.csv, curves.png, checkpoint.pt, "
           "model.safetensors)", flush=True)
     return results

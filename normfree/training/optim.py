@@ -118,9 +118,9 @@ def train_step(model, optimizer, images, labels, cfg, mix=None, step=None):
         logits = model(images)
     loss = F.cross_entropy(logits.float(), targets, label_smoothing=cfg.label_smoothing)
     if not torch.isfinite(loss):
+        agc = "a smaller --clip-factor" if cfg.clip_factor else "AGC (--clip-factor 0.01)"
         raise TrainingDiverged(f"loss is {loss.item()} at step {step}: training diverged. Try "
-                               "a lower --lr or a smaller --clip-factor; the last good "
-                               "checkpoint is kept.", step)
+                               f"a lower --lr or {agc}", step)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     clipped = clip_param_groups_(optimizer, cfg.agc_eps) if cfg.clip_factor else None

@@ -61,6 +61,13 @@ def checkpoint_resumed(cfg, procs, device, out):
     return state, path
 
 
+def what_is_kept(out):
+    """For a run that stopped on an error: which checkpoint it leaves, if any."""
+    path = Path(out) / CHECKPOINT
+    return (f"the last checkpoint, {path}, is kept" if path.is_file()
+            else "no checkpoint had been written")
+
+
 def remove_temp_files(out, log=say):
     """Remove what writes interrupted by a kill left (the caller owns the folder)."""
     stale = temp_files(out)

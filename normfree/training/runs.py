@@ -13,10 +13,11 @@ import torch
 from ..data.batches import Normalize
 from ..data.datasets import make_data
 from ..errors import CheckpointError, ConfigError
-from ..evaluation import evaluate
+from ..evaluation import evaluate, protocol
+from ..nn.counts import activation_sizes
 from ..nn.variants import get_config
 from ..nn.zoo import create_model
-from ..runtime import bf16_available, default_device
+from ..runtime import bf16_available, default_device, refuse_unaffordable
 from ..weights.metadata import check_layout
 from ..weights.pretrained import load_pretrained, reference_preprocessing
 from .checkpoints import read_checkpoint
@@ -49,9 +50,25 @@ def resolve_config(cfg, device, saved=None):
         cfg = replace(cfg, model=source.name, numerics=cfg.numerics or source.numerics)
     if cfg.model is None:
         raise ConfigError("--model: none given and no --init-from weights to take it from")
-    if cfg.image_size is None:
-        cfg = replace(cfg, image_size=get_config(cfg.model).train_size)
+    if cfg.image_size is None:  # the size the weights were trained at, else the model's
+        cfg = replace(cfg, image_size=(source and source.train_size)
+                      or get_config(cfg.model).train_size)
     return cfg, source
+
+
+def refuse_unaffordable_run(cfg, device, world_size=1):
+    """Refuse sizes (image, batch, synthetic set) whose memory this machine surely lacks, before
+    anything allocates: a lower bound from the layer outputs alone (`activation_sizes`)."""
+    largest, total = activation_sizes(get_config(cfg.model), cfg.image_size)
+    kept = 2 * largest if cfg.grad_checkpointing else total  # what backward needs kept
+    train = -(-cfg.batch_size // world_size) * kept * (2 if cfg.bf16 else 4)
+    evaluation = cfg.eval_batch_size * 2 * largest * 4
+    synthetic = cfg.synthetic_size * cfg.in_chans * cfg.image_size ** 2 if (
+        cfg.dataset == "synthetic") else 0
+    refuse_unaffordable(max(train, evaluation) + synthetic, device,
+                        f"--image-size {cfg.image_size} with --batch-size {cfg.batch_size}, "
+                        f"--eval-batch-size {cfg.eval_batch_size}"
+                        + (f" and --synthetic-size {cfg.synthetic_size}" if synthetic else ""))
 
 
 def initialise_from(model, source, classes):
@@ -102,6 +119,12 @@ def preprocessing_of(cfg, data):
     return pre
 
 
+def protocol_of(cfg, data, weights):
+    """How the run measures accuracy (`evaluation.protocol`) with `weights` ("raw", "ema")."""
+    return protocol(data.image_size, preprocessing_of(cfg, data)["resize"], cfg.tta_flip,
+                    weights)
+
+
 def memory_format(cfg):
     return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
@@ -112,15 +135,18 @@ def evaluate_as_configured(cfg, model, batches, normalize, what="validation imag
                     memory_format=memory_format(cfg), what=what)
 
 
-def evaluate_checkpoint(path, data_dir=None, split="test", device=None):
-    """Top-1/top-5 of the weights a run selected (EMA or raw) on its dataset's `split`;
-    `path` is the checkpoint or the run directory holding it."""
+def evaluate_checkpoint(path, data_dir=None, split="test", device=None, tta_flip=None):
+    """Top-1/top-5 of the weights a run selected (EMA or raw) on its dataset's `split`, as the
+    run measures (`tta_flip` None: the run's own flip TTA); `path` is the checkpoint or the
+    run directory holding it."""
     if Path(path).is_dir():
         path = Path(path) / CHECKPOINT
     state = read_checkpoint(path)
     cfg = from_dict(state.config)
     if data_dir is not None:
         cfg = replace(cfg, data_dir=data_dir)
+    if tta_flip is not None:
+        cfg = replace(cfg, tta_flip=tta_flip)
     device = default_device(device)
     data = make_data(cfg)
     model = model_for(cfg, data)
@@ -133,4 +159,5 @@ def evaluate_checkpoint(path, data_dir=None, split="test", device=None):
         raise ConfigError(f"the run has no {split} split to evaluate")
     result = evaluate_as_configured(cfg, model, batches,
                                     Normalize(data.mean, data.std).to(device), f"{split} images")
-    return {**result, "weights": weights, "split": split, "checkpoint": str(path)}
+    return {**result, "weights": weights, "split": split, "checkpoint": str(path),
+            "protocol": protocol_of(cfg, data, weights)}
