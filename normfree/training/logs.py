@@ -101,7 +101,10 @@ class EpochTally:
 
 
 def plot_curves(metrics_csv, out_png):
-    """Loss and accuracy against epoch, from metrics.csv."""
+    """Loss and accuracy against epoch, from metrics.csv (none: nothing to draw, as when a
+    damaged one was set aside after the last epoch)."""
+    if not Path(metrics_csv).is_file():
+        return
     rows = read_metrics(metrics_csv)
 
     def series(key):  # validation may run every few epochs only (--eval-every)
