@@ -200,8 +200,8 @@ def refuse_unreadable(root, splits):
               if samples}
     unread = {name: (count, error) for name, (count, error) in unread.items() if error}
     if unread:
-        raise DataError(f"{root}: no readable image among " + "; ".join(
-            f"the {count} {name} images (e.g. {error})" for name, (count, error)
+        raise DataError(f"{root}: " + "; ".join(
+            f"no readable {name} images (all {count} fail, e.g. {error})" for name, (count, error)
             in unread.items()))
 
 

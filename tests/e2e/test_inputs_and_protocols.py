@@ -154,8 +154,8 @@ def test_a_folder_of_unreadable_images_is_refused_before_the_run_folder(tmp_path
     out = tmp_path / "run"
     code, _, err = cli(capsys, "train", *DEBUG, "--dataset", "folder", "--data-dir", data,
                        "--val-size", "2", "--workers", "0", "--out-dir", out)
-    refused(code, err, "no readable image among the 4 training images",
-            "the 2 validation images", "the 6 test images", "unreadable image")
+    refused(code, err, "no readable training images (all 4 fail", "no readable validation "
+            "images (all 2 fail", "no readable test images (all 6 fail", "unreadable image")
     assert not out.exists()
 
 
