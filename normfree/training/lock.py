@@ -1,8 +1,8 @@
 """One owner per run folder: an exclusive `flock` on RUN/.lock, a file naming its holder's PID.
 
 The kernel drops a `flock` when its holder dies, however it dies (kill -9, the OOM killer), so
-the lock itself is never stale; what a dead holder leaves is its PID in the file, which the next
-owner reports as a takeover (a holder that ends normally empties the file first).
+the lock itself is never stale; what a dead holder leaves is the file with its PID, which the
+next owner reports as a takeover. A holder that ends normally removes the file.
 
 Under `normfree train --nproc N` the launcher takes the lock before it starts the processes
 and names itself to them (`distributed.LAUNCHER_ENV`). Rank 0 finds the lock taken by that PID
@@ -41,22 +41,16 @@ class RunLock:
         self.folder, self.log = Path(folder), log
         self.fd, self.waiting = None, False
 
+    @property
+    def path(self):
+        return self.folder / LOCK_NAME
+
     def acquire(self):
         if self.fd is not None or self.waiting:
             return self
-        fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _holder(fd)
-            if holder is not None and str(holder) == os.environ.get(LAUNCHER_ENV):
-                self.waiting = True  # our launcher holds it for this job
-                threading.Thread(target=self._take_when_free, args=(fd,), daemon=True).start()
-                return self
-            os.close(fd)
-            raise FolderInUse(f"{self.folder} is in use by process {holder} (another normfree "
-                              "run): wait for it to end or stop it, or choose another "
-                              "--out-dir") from None
+        fd = self._lock_file()
+        if fd is None:
+            return self  # our launcher holds it for this job
         previous = _holder(fd)
         if previous is not None and previous != os.getpid():
             self.log(f"{self.folder}: took over the lock left by process {previous}, which is "
@@ -65,6 +59,31 @@ class RunLock:
         self.fd = fd
         return self
 
+    def _lock_file(self):
+        """An open, locked descriptor of the lock file; None when our launcher holds it (then
+        a thread takes it once the launcher has gone)."""
+        while True:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = _holder(fd)
+                if holder is not None and str(holder) == os.environ.get(LAUNCHER_ENV):
+                    self.waiting = True
+                    threading.Thread(target=self._take_when_free, args=(fd,),
+                                     daemon=True).start()
+                    return None
+                os.close(fd)
+                raise FolderInUse(f"{self.folder} is in use by process {holder} (another "
+                                  "normfree run): wait for it to end or stop it, or choose "
+                                  "another --out-dir") from None
+            try:  # a holder ending as we opened the file removed it: lock the new one
+                if os.fstat(fd).st_ino == os.stat(self.path).st_ino:
+                    return fd
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+
     def _take_when_free(self, fd):
         fcntl.flock(fd, fcntl.LOCK_EX)  # returns once the launcher has gone
         _claim(fd)
@@ -72,8 +91,8 @@ class RunLock:
 
     def release(self):
         fd, self.fd = self.fd, None
-        if fd is not None:
-            os.ftruncate(fd, 0)  # a normal end: no PID left for the next owner to report
+        if fd is not None:  # a normal end: no file left for the next owner to report
+            self.path.unlink(missing_ok=True)
             os.close(fd)
 
     def __enter__(self):
