@@ -10,7 +10,7 @@ import importlib
 import sys
 
 from . import __version__
-from .data import FMNIST_DIR
+from .data import FMNIST_DIR, MAX_IMAGE_SIZE
 from .errors import NormfreeError, TrainingStopped
 from .nn.counts import count
 from .nn.variants import BN_TWINS, get_config, list_models
@@ -105,8 +105,11 @@ def positive_int(text):
 
 def build_parser(help_preset=DEFAULT_PRESET):
     """The command line; `train --help` shows `help_preset`'s values."""
-    parser = argparse.ArgumentParser(prog="normfree", description=__doc__.splitlines()[0],
-                                     allow_abbrev=False)
+    parser = argparse.ArgumentParser(
+        prog="normfree", allow_abbrev=False,
+        description="Normalizer-free networks (NFNets): train, evaluate, predict, convert and "
+                    "export them, and run the papers' studies. `normfree COMMAND --help` "
+                    "describes each command.")
     parser.add_argument("--version", action="version", version=f"normfree {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -148,13 +151,17 @@ def build_parser(help_preset=DEFAULT_PRESET):
                         "per line")
     p.add_argument("--model", default=None, help="variant name; default: from the weights")
     p.add_argument("--image-size", type=positive_int, default=None,
-                   help="crop size S; default: the weights' own (their preprocessing)")
+                   help="crop size S; default: the weights' own (their preprocessing); at most "
+                        f"{MAX_IMAGE_SIZE}")
     p.add_argument("--batch-size", type=positive_int, default=50, help="default: %(default)s")
     p.add_argument("--bad-images", default="skip", choices=["skip", "stop"],
                    help="unreadable images: skip them (counted) or stop")
     p.add_argument("--split", default="test", choices=["train", "val", "test"],
                    help="with --checkpoint: which split (train: its training images, "
                         "unaugmented)")
+    p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="average each image's logits with its mirror image's (default: off "
+                        "for --weights, the run's own setting for --checkpoint)")
     p.add_argument("--json", default=None, help="also write the result to this JSON file")
 
     p = command("predict", help="top-5 classes of images")
@@ -164,7 +171,7 @@ def build_parser(help_preset=DEFAULT_PRESET):
     p.add_argument("--top", type=positive_int, default=5,
                    help="classes per image (default: %(default)s)")
     p.add_argument("--image-size", type=positive_int, default=None,
-                   help="default: the weights' size")
+                   help=f"default: the weights' size; at most {MAX_IMAGE_SIZE}")
     p.add_argument("--json", default=None, help="also write the predictions to this file")
 
     p = command("export", help="fold Scaled WS and export to ONNX (checked with "

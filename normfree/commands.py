@@ -18,12 +18,14 @@ from .analysis.hypothesis import (datasize_study, difference_table, gap_growth_t
 from .analysis.spp import paper_comparison, plot, write_curves_csv
 from .analysis.studies import agc_study, default_base, nf_vs_bn, plot_agc_study, plot_nf_vs_bn
 from .errors import ConfigError, DataError, OutputError
+from .evaluation import protocol_text
 from .files import check_writable, save_json
 from .nn.variants import BN_TWINS, bn_twin_name
 from .training.config import config_from_args, given_flags
 from .training.distributed import launch
 from .training.loop import train
-from .training.resume import RUNS_ROOT, config_for_resume
+from .training.lock import RunLock
+from .training.resume import RUNS_ROOT, config_for_resume, run_dir
 from .training.runs import evaluate_checkpoint
 from .weights.deploy import export_onnx
 from .weights.pretrained import convert_file, load_pretrained, predict
@@ -46,8 +48,20 @@ def cmd_train(args):
         if config.batch_size % args.nproc:
             raise ConfigError(f"--batch-size {config.batch_size} (the global batch) must divide "
                              f"evenly over {args.nproc} processes")
-        return launch(args.nproc, without_flag(args.argv, "--nproc"))
+        return launch_owning(args.nproc, without_flag(args.argv, "--nproc"), config)
     train(config)
+
+
+def launch_owning(nproc, argv, config):
+    """`launch` holding the run folder's lock for the whole job (rank 0 holds it too, should
+    this process die); the processes are told the folder, so that they all name it alike."""
+    out = run_dir(config)
+    if config.out_dir is None:
+        argv = [*argv, "--out-dir", str(out)]
+    with RunLock(out) as lock:
+        if out.is_dir():  # else rank 0 makes it, once its checks pass, and takes the lock
+            lock.acquire()
+        return launch(nproc, argv)
 
 
 def without_flag(argv, flag):
@@ -64,7 +78,7 @@ def without_flag(argv, flag):
 
 
 def cmd_eval(args):
-    check_writable(args.json, "--json")
+    check_writable(args.json, "--json", probe=True)  # before the evaluation, not after it
     if (args.checkpoint is None) == (args.weights is None):
         raise ConfigError("give either --checkpoint (a training run) or --weights with --data")
     if args.weights is not None:
@@ -73,19 +87,21 @@ def cmd_eval(args):
                              "with --labels FILE)")
         pretrained = load_pretrained(args.weights, args.model)
         result = pretrained.evaluate_folder(args.data, args.labels, args.image_size,
-                                            args.batch_size, args.bad_images)
+                                            args.batch_size, args.bad_images,
+                                            tta_flip=bool(args.tta_flip))
         result["weights"] = str(args.weights)
     else:
-        result = evaluate_checkpoint(args.checkpoint, data_dir=args.data, split=args.split)
+        result = evaluate_checkpoint(args.checkpoint, data_dir=args.data, split=args.split,
+                                     tta_flip=args.tta_flip)
     print(f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  ({result['images']} "
           f"images" + (f", {result['skipped']} unreadable skipped" if result.get("skipped")
-                       else "") + ")")
+                       else "") + f"; {protocol_text(result['protocol'])})")
     if args.json:
         save_json(args.json, result)
 
 
 def cmd_predict(args):
-    check_writable(args.json, "--json")
+    check_writable(args.json, "--json", probe=True)
     pretrained = load_pretrained(args.weights, args.model)
     results = predict(pretrained, args.images, args.top, args.image_size, bad_images="skip")
     for path, top in zip(args.images, results):

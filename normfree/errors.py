@@ -33,6 +33,14 @@ class ExportError(NormfreeError, RuntimeError):
     """An exported model does not compute what the PyTorch model does; the file was removed."""
 
 
+class FolderInUse(NormfreeError, RuntimeError):
+    """Another live process owns the run folder (its lock names the process)."""
+
+
+class PeerLost(NormfreeError, RuntimeError):
+    """Another process of a data-parallel job stopped: this one cannot go on alone."""
+
+
 class TrainingDiverged(NormfreeError, RuntimeError):
     """The loss became NaN or infinite at optimisation step `.step` (counting from 1)."""
 

@@ -55,6 +55,24 @@ def evaluate(model, batches, normalize, *, tta_flip=False, precision="fp32",
             "skipped": int(skipped)}  # unreadable files of a folder
 
 
+def protocol(crop, resize=None, tta_flip=False, weights=None, precision=None):
+    """How an accuracy was measured, stored beside it: crop size (px), resize before the
+    centre crop (None: images already at size), flip TTA, which weights ("raw", "ema") and
+    the autocast precision (None: not recorded)."""
+    return {"crop": crop, "resize": resize, "tta_flip": tta_flip, "weights": weights,
+            "precision": precision}
+
+
+def protocol_text(measured):
+    """`protocol` in words, e.g. "28 px, flip TTA, ema weights"."""
+    resize = (f" (centre crop of {measured['resize']})"
+              if measured.get("resize") not in (None, measured["crop"]) else "")
+    return ", ".join([f"{measured['crop']} px{resize}",
+                      "flip TTA" if measured["tta_flip"] else "no TTA"]
+                     + ([f"{measured['weights']} weights"] if measured.get("weights") else [])
+                     + ([measured["precision"]] if measured.get("precision") else []))
+
+
 def class_index(folder_classes, weights_classes, root):
     """Folder class → weights' class index: by name when the names match, else by position."""
     if set(folder_classes) <= set(weights_classes):
@@ -66,7 +84,7 @@ def class_index(folder_classes, weights_classes, root):
 
 
 def evaluate_folder(model, data_dir, *, classes, transform, normalize, labels_file=None,
-                    batch_size=50, bad_images="skip", progress=True):
+                    batch_size=50, bad_images="skip", progress=True, tta_flip=False):
     """`evaluate` on an ImageFolder tree (class folders named as `classes`, or in their order),
     or on a flat folder labelled by `labels_file`."""
     if labels_file:
@@ -76,4 +94,5 @@ def evaluate_folder(model, data_dir, *, classes, transform, normalize, labels_fi
         index = class_index(folder_classes, classes, data_dir)
         samples = [(path, index[folder_classes[label]]) for path, label in samples]
     batches = FolderBatches(ImageFiles(samples, transform), batch_size, bad_images=bad_images)
-    return evaluate(model, batches, normalize, progress=progress, what=f"images in {data_dir}")
+    return evaluate(model, batches, normalize, tta_flip=tta_flip, progress=progress,
+                    what=f"images in {data_dir}")

@@ -5,17 +5,24 @@ import io
 import json
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 from .errors import OutputError
 
 
-def atomic_write(path, write):
+def temp_files(folder):
+    """The temporary files `atomic_write` leaves in `folder` when killed mid-write."""
+    return sorted(Path(folder).glob(".*.tmp"))
+
+
+def atomic_write(path, write, before_replace=None):
     """Call `write(binary_file)` on a temp file next to `path`, fsync it, then rename it.
 
-    A crash or a full disk never leaves a half-written file under the real name. The file gets
-    the permissions of any new file (0666 minus the umask), like files other tools write. The
-    folder must exist.
+    A crash or a full disk never leaves a half-written file under the real name (a kill leaves
+    the temp file: `temp_files`). The file gets the permissions of any new file (0666 minus the
+    umask), like files other tools write. The folder must exist. `before_replace()` runs once
+    the new file is safely on disk, before it replaces the old one.
     """
     path = Path(path)
     check_writable(path)
@@ -30,6 +37,8 @@ def atomic_write(path, write):
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException as e:
         if tmp is not None:
@@ -40,15 +49,24 @@ def atomic_write(path, write):
         raise
 
 
-def check_writable(path, what=None):
+def check_writable(path, what=None, probe=False):
     """Refuse an output file whose folder does not exist (normfree creates run directories,
-    nothing else). `what` (e.g. the flag) names the file in the message; None: nothing to do."""
+    nothing else), and with `probe` one whose folder takes no new file (read-only, full): a
+    command that writes only at its end checks first. `what` (e.g. the flag) names the file
+    in the message; `path` None: nothing to do."""
     if path is None:
         return
     folder = Path(path).parent
     if not folder.is_dir():
         raise OutputError(f"{what + ' ' if what else ''}{path}: the folder {folder} does not "
                           "exist (create it first)")
+    if probe:
+        try:
+            with tempfile.TemporaryFile(dir=folder):
+                pass
+        except OSError as e:
+            raise OutputError(f"{what + ' ' if what else ''}{path}: cannot write in {folder} "
+                              f"({e.strerror or e})") from None
 
 
 def save_json(path, values):

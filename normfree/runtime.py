@@ -148,3 +148,26 @@ def git_commit():
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
+
+
+def available_memory(device):
+    """Bytes a new allocation on `device` can get: the GPU's free memory, or the system's
+    MemAvailable (None when unknown)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def refuse_unaffordable(needed, device, what):
+    """`ConfigError` when `needed` bytes (a lower bound) exceed what `device` has free: `what`
+    names the flags that set the size, for the user to change, before anything allocates."""
+    free = available_memory(device)
+    if free is not None and needed > free:
+        raise ConfigError(f"{what} needs at least {needed / 2**30:.1f} GiB on {device.type}, "
+                          f"which has {free / 2**30:.1f} GiB free: use smaller values")

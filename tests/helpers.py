@@ -14,7 +14,7 @@ from normfree import create_model
 from normfree.cli import main
 from normfree.data.fashion_mnist import FMNIST_FILES
 from normfree.errors import CheckpointError
-from normfree.training.checkpoints import load_checkpoint
+from normfree.training.checkpoints import read_checkpoint
 
 
 def cli(capsys, *argv):
@@ -59,7 +59,7 @@ def wait_for_checkpoint(process, path, at_step, timeout=300):
     deadline = time.time() + timeout
     while True:
         try:
-            if load_checkpoint(path)["step"] >= at_step:
+            if read_checkpoint(path).step >= at_step:
                 return
         except CheckpointError:
             pass  # not written yet

@@ -4,3 +4,4 @@ transforms (docs/architecture.md §14). The constants here need no torch (comman
 FMNIST_DIR = "/usr/share/datasets/fashion-mnist"  # where Debian's package puts the IDX files
 INSTALL_HINT = "apt-get update && apt-get install -y dataset-fashion-mnist"
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+MAX_IMAGE_SIZE = 2048  # the largest crop `predict` and `eval --weights` take (README)

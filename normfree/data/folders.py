@@ -6,7 +6,9 @@ and reports their paths, and `FolderBatches` either skips them (listing this pas
 says.
 """
 
+import codecs
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -135,21 +137,40 @@ def folder_samples(root):
     return tree.samples, tuple(tree.classes)
 
 
+def labels_text(path):
+    """The text of a labels file: UTF-8 (with or without a BOM) or UTF-16 with its BOM (what
+    PowerShell writes); other encodings are refused naming the line."""
+    data = path.read_bytes()
+    encoding = "utf-16" if data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)) else (
+        "utf-8-sig")
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise DataError(f"{path}:{line}: not {'UTF-16' if encoding == 'utf-16' else 'UTF-8'} "
+                        f"text (byte 0x{data[e.start]:02x}): save the labels file as UTF-8"
+                        ) from None
+
+
 def flat_samples(root, labels_file, classes):
     """Samples of a flat folder labelled by a text file of `<file name> <label>` lines.
 
-    A label is a class index or one of `classes` (separated by whitespace or a comma).
+    The label is the line's last field (after whitespace, tabs or a comma), so file names may
+    hold spaces; it is a class index or one of `classes`.
     """
     root, labels_file = Path(root), Path(labels_file)
     if not labels_file.is_file():
         raise DataError(f"labels file {labels_file} does not exist")
     index = {name: i for i, name in enumerate(classes)}
     samples = []
-    for number, line in enumerate(labels_file.read_text().splitlines(), 1):
+    for number, line in enumerate(labels_text(labels_file).splitlines(), 1):
         if not line.strip():
             continue
-        name, _, label = line.replace(",", " ", 1).strip().partition(" ")
-        label = label.strip()
+        fields = re.fullmatch(r"(.+?)[\s,]+([^\s,]+)", line.strip())
+        if fields is None:
+            raise DataError(f"{labels_file}:{number}: expected '<file name> <label>', got "
+                            f"{line.strip()!r}")
+        name, label = fields.group(1).strip(), fields.group(2)
         if label.isdigit() and int(label) < len(classes):
             target = int(label)
         elif label in index:
@@ -163,6 +184,31 @@ def flat_samples(root, labels_file, classes):
     if not samples:
         raise DataError(f"labels file {labels_file} lists no images")
     return samples
+
+
+def first_error(samples):
+    """The error of the first image of `samples`, if none of them can be read, else None (it
+    stops at the first readable one)."""
+    error = None
+    for path, _ in samples:
+        try:
+            open_image(path)
+            return None
+        except DataError as e:
+            error = error or e
+    return error
+
+
+def refuse_unreadable(root, splits):
+    """Refuse a folder with a split none of whose images can be read, naming every such split,
+    before any epoch (or run folder) starts."""
+    unread = {name: (len(samples), first_error(samples)) for name, samples in splits.items()
+              if samples}
+    unread = {name: (count, error) for name, (count, error) in unread.items() if error}
+    if unread:
+        raise DataError(f"{root}: " + "; ".join(
+            f"no readable {name} images (all {count} fail, e.g. {error})" for name, (count, error)
+            in unread.items()))
 
 
 def make_folder_data(cfg):
@@ -202,6 +248,8 @@ def make_folder_data(cfg):
     if not splits["test"]:
         raise DataError(f"{root}: nothing to evaluate on: add a 'val' or 'test' subfolder, or "
                         "hold out training images with --val-size N")
+    refuse_unreadable(root, {"training": train, "validation": splits["val"],
+                             "test": [] if splits["test"] is splits["val"] else splits["test"]})
 
     def batches(samples, transform, batch_size, **kw):
         return FolderBatches(ImageFiles(samples, transform), batch_size,

@@ -84,3 +84,22 @@ def _block(tally, cfg, plan, size, conv, batch_norm):
     elif cfg.skip_gain:
         tally.params += 1
     return out_size
+
+
+def activation_sizes(cfg, image_size):
+    """(largest, total) elements of one image's layer outputs at `image_size`: lower bounds on
+    what inference holds at once (the largest) and what training keeps for backward (all)."""
+    size = image_size
+    sizes = [cfg.in_chans * size * size]
+    for width, stride in zip(cfg.stem_widths, cfg.stem_strides):
+        size = math.ceil(size / stride)
+        sizes.append(width * size * size)
+    if cfg.stem_max_pool:
+        size = math.ceil(size / 2)
+        sizes.append(cfg.stem_widths[-1] * size * size)
+    for plan in plan_blocks(cfg):
+        out_size = math.ceil(size / plan.stride)
+        sizes += [plan.width * size * size, plan.width * out_size * out_size,
+                  plan.out_channels * out_size * out_size]
+        size = out_size
+    return max(sizes), sum(sizes)

@@ -329,7 +329,7 @@ def describe(cfg, columns=3):
     """The settings that differ from `TrainConfig`'s defaults, as aligned `flag value` columns
     (every setting is in the run's config.json)."""
     default = TrainConfig()
-    unused = {"epochs"} if cfg.time_budget else set()  # the budget sets the length
+    unused = {"epochs"} if cfg.time_budget or cfg.steps else set()  # they set the length
     items = [(f"--{f.name.replace('_', '-')}", _text(getattr(cfg, f.name))) for f in fields(cfg)
              if getattr(cfg, f.name) != getattr(default, f.name) and f.name not in unused]
     if not items:

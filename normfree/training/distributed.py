@@ -6,15 +6,23 @@ torchrun's launcher). Multi-node: `torchrun --nnodes M --nproc-per-node N
 --rdzv-backend c10d --rdzv-endpoint HOST:PORT -m normfree train ...` on every node.
 """
 
+import ctypes
 import os
+import re
 import signal
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch.distributed.rendezvous import rendezvous
 
+from ..errors import PeerLost
 from ..runtime import default_device
+
+LAUNCHER_ENV = "NORMFREE_LAUNCHER_PID"  # `launch` names itself to the processes it starts
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 
 
 @dataclass(frozen=True)
@@ -41,6 +49,7 @@ def start(device_name=None):
     if device.type == "cuda" and procs.distributed:  # one GPU per local process
         device = torch.device("cuda", procs.local_rank)
     if procs.distributed and not dist.is_initialized():
+        die_with_launcher()
         if device.type == "cuda":
             torch.cuda.set_device(device)
         store, _, _ = next(rendezvous("env://"))
@@ -51,6 +60,35 @@ def start(device_name=None):
                                 store=dist.PrefixStore(f"normfree/attempt_{attempt}", store),
                                 rank=procs.rank, world_size=procs.world_size)
     return procs, device
+
+
+def die_with_launcher():
+    """Under torchrun, get SIGTERM (checkpoint and stop, as for any SIGTERM) when the process
+    that started this one dies, however it dies: a kill -9 of the launcher must not leave
+    its processes training (Linux's parent-death signal)."""
+    if not sys.platform.startswith("linux") or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    launcher = os.environ.get(LAUNCHER_ENV)
+    if launcher and os.getppid() != int(launcher):  # it died before the signal was set
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+@contextmanager
+def peer_failures_in_one_line(procs):
+    """Within the block, a collective that fails because another process died (its backend
+    raises a long `RuntimeError`) becomes `PeerLost`: one line naming this rank."""
+    try:
+        yield
+    except RuntimeError as e:
+        text = str(e).strip()
+        # gloo raises plain RuntimeErrors ("[.../gloo/.../pair.cc:545] Read error ...")
+        if not procs.distributed or not (isinstance(e, dist.DistError) or "gloo" in text
+                                         or "NCCL" in text):
+            raise
+        reason = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0]).split(". ")[0][:160]
+        raise PeerLost(f"rank {procs.rank}: another training process stopped, so this one "
+                       f"stops too ({reason})") from None
 
 
 def stop(procs):
@@ -95,7 +133,8 @@ def launch(nproc, argv):
     args = get_args_parser().parse_args(
         ["--standalone", f"--nproc-per-node={nproc}", "-m", "normfree", *argv])
     try:
-        run(args)
+        with launcher_named():
+            run(args)
     except SignalException as e:  # the launcher was signalled and has stopped its processes
         print(f"normfree: stopped by {e.sigval.name}", flush=True)
         return 128 + e.sigval
@@ -103,6 +142,23 @@ def launch(nproc, argv):
         codes = {failure.exitcode for failure in e.failures.values()}
         if codes == {128 + signal.SIGTERM}:  # stopped by a signal, each after checkpointing
             return 128 + signal.SIGTERM
-        print(f"normfree: a training process failed: {e}", flush=True)
+        for rank, failure in sorted(e.failures.items()):  # one line each, not torch's table
+            print(f"normfree: training process {rank} failed (exit code {failure.exitcode})",
+                  flush=True)
         return 1
     return 0
+
+
+@contextmanager
+def launcher_named():
+    """`LAUNCHER_ENV` set to this process while torchrun starts processes (it copies the
+    environment into theirs)."""
+    previous = os.environ.get(LAUNCHER_ENV)
+    os.environ[LAUNCHER_ENV] = str(os.getpid())
+    try:
+        yield
+    finally:
+        if previous is None:
+            del os.environ[LAUNCHER_ENV]
+        else:
+            os.environ[LAUNCHER_ENV] = previous

@@ -1,6 +1,8 @@
 """A run's logs: one metrics.csv row per epoch (and TensorBoard scalars, if asked), the running
 tally of an epoch's training metrics, and curves.png drawn from metrics.csv."""
 
+import csv
+import os
 import time
 from pathlib import Path
 
@@ -10,19 +12,32 @@ from ..files import append_csv_row, read_csv, write_csv
 from . import distributed
 
 
+def say(message):
+    """The default `log` callable: a line on stdout, at once (a run's progress is read live)."""
+    print(message, flush=True)
+
+
 class MetricsLog:
     """Appends one row per epoch to metrics.csv (and TensorBoard, if asked)."""
 
-    def __init__(self, out_dir, tensorboard=False, keep_epochs=0):
-        """`keep_epochs`: rows of later epochs (written before a crash, redone on resume) go."""
+    def __init__(self, out_dir, tensorboard=False, keep_epochs=0, log=say):
+        """`keep_epochs`: rows of later epochs (written before a crash, redone on resume) go.
+        A damaged file (a person's output, not the run's state) is set aside, said."""
         self.path = Path(out_dir) / "metrics.csv"
         if self.path.exists():
-            rows = read_csv(self.path, numbers=False)
-            kept = [r for r in rows if float(r["epoch"]) <= keep_epochs]
+            try:
+                rows = read_csv(self.path, numbers=False)
+                kept = [r for r in rows if float(r["epoch"]) <= keep_epochs]
+            except (UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as e:
+                aside = self.path.with_name("metrics.damaged.csv")
+                os.replace(self.path, aside)
+                log(f"{self.path} is damaged ({type(e).__name__}): set aside as {aside.name}; "
+                    f"the new one starts after epoch {keep_epochs}")
+                kept = []
             if kept:
                 write_csv(self.path, list(kept[0]), kept)
             else:  # `append` starts it again, header first
-                self.path.unlink()
+                self.path.unlink(missing_ok=True)
         self.writer = None
         if tensorboard:
             try:
@@ -89,7 +104,10 @@ class EpochTally:
 
 
 def plot_curves(metrics_csv, out_png):
-    """Loss and accuracy against epoch, from metrics.csv."""
+    """Loss and accuracy against epoch, from metrics.csv (none: nothing to draw, as when a
+    damaged one was set aside after the last epoch)."""
+    if not Path(metrics_csv).is_file():
+        return
     rows = read_metrics(metrics_csv)
 
     def series(key):  # validation may run every few epochs only (--eval-every)

@@ -22,21 +22,26 @@ from tqdm import tqdm
 
 from ..data.batches import Normalize
 from ..data.datasets import make_data
-from ..errors import ConfigError, TrainingStopped
+from ..errors import ConfigError, TrainingDiverged, TrainingStopped
+from ..evaluation import protocol_text
 from ..files import save_json
 from ..runtime import machine_info
 from ..weights.metadata import check_layout, export_weights, layout_of
 from . import distributed
 from .budget import (StepTimer, budget_left, plan_budget, refuse_known_too_small,
                      validates_periodically)
-from .checkpoints import load_checkpoint, rng_states, save_checkpoint, set_rng_states
+from .checkpoints import Checkpoint, rng_states, save_checkpoint, set_rng_states
 from .config import TrainConfig, describe, from_dict, peak_lr, to_dict
+from .lock import RunLock
 from .logs import EpochTally, MetricsLog, plot_curves
 from .optim import EMA, batch_mixer, build_optimizer, load_optimizer_state, train_step
 from .resizing import downscaled, pixel_share
-from .resume import config_differences, make_run_dir, run_dir
+from .resume import config_differences, run_dir
+from .run_folder import (CHECKPOINT, PREVIOUS, checkpoint_resumed, make_run_dir,
+                         what_is_kept)
 from .runs import (compiled, evaluate_as_configured, freeze, initialise_from, memory_format,
-                   micro_batch_size, model_for, preprocessing_of, resolve_config)
+                   micro_batch_size, model_for, preprocessing_of, protocol_of,
+                   refuse_unaffordable_run, resolve_config)
 from .sam import SAM
 from .state import Run
 from .signals import StopOnSignal
@@ -49,7 +54,8 @@ def train(cfg: TrainConfig):
     """
     procs, device = distributed.start(cfg.device)
     try:
-        result = _train(cfg, procs, device)
+        with distributed.peer_failures_in_one_line(procs):
+            result = _train(cfg, procs, device)
     except TrainingStopped:  # every process stopped at the same step: leave together
         distributed.stop(procs)
         raise
@@ -62,12 +68,22 @@ def train(cfg: TrainConfig):
 def _train(cfg, procs, device):
     started = time.time()
     out = Path(distributed.gather(procs, str(run_dir(cfg)) if procs.main else None)[0])
+    with RunLock(out) as lock:  # rank 0 owns the folder: from here, or once it makes it
+        if procs.main and out.is_dir():
+            lock.acquire()
+        try:
+            return _train_owned(cfg, procs, device, started, out, lock)
+        except TrainingDiverged as e:
+            raise TrainingDiverged(f"{e}; {what_is_kept(out)}", e.step) from None
+
+
+def _train_owned(cfg, procs, device, started, out, lock):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    path = out / "checkpoint.pt"
-    state = load_checkpoint(path, map_location=device) if cfg.resume and path.is_file() else None
-    cfg, source = resolve_config(cfg, device, state and state["config"])
+    state, path = checkpoint_resumed(cfg, procs, device, out)
+    cfg, source = resolve_config(cfg, device, state and state.config)
     micro_batch_size(cfg, procs.world_size)  # refused before any data is read
+    refuse_unaffordable_run(cfg, device, procs.world_size)
     if cfg.time_budget and not cfg.steps:
         refuse_known_too_small(cfg, procs)
     run = build_run(cfg, started, procs, device, out, source)  # reads the data: checks it
@@ -76,7 +92,7 @@ def _train(cfg, procs, device):
         if run.epoch >= (run.num_epochs or math.inf) and (out / "results.json").is_file():
             return finished(run)
     if procs.main:
-        make_run_dir(out, run.cfg)  # only now, once everything has been checked
+        make_run_dir(out, run.cfg, lock)  # only now, once everything has been checked
     announce(run)
     if run.total_steps is None:
         run.timer = StepTimer.in_warmup(run.step, run.warmup_steps)
@@ -157,20 +173,20 @@ def ddp(model):
 
 def restore(run, state, path):
     """Continue from a checkpoint written with the same settings (but for how it executes)."""
-    differ = config_differences(run.cfg, from_dict(state["config"]))
+    differ = config_differences(run.cfg, from_dict(state.config))
     if differ:
         raise ConfigError(f"{path} was written with other settings; " + "; ".join(differ))
-    check_layout(run.model, state.get("layout"), path)
-    run.model.load_state_dict(state["model"])
-    load_optimizer_state(run.optimizer, state["optimizer"])
+    check_layout(run.model, state.layout, path)
+    run.model.load_state_dict(state.model)
+    load_optimizer_state(run.optimizer, state.optimizer)
     if run.ema is not None:
-        run.ema.module.load_state_dict(state["ema"])
-    run.step, run.epoch, run.selected = state["step"], state["epoch"], state["selected"]
-    run.skipped_steps = state.get("skipped_steps", 0)
-    if run.scaler is not None and state.get("scaler"):
-        run.scaler.load_state_dict(state["scaler"])
-    run.plan = state.get("budget")
-    run.started -= state.get("train_seconds", 0.0)  # the time of the earlier processes
+        run.ema.module.load_state_dict(state.ema)
+    run.step, run.epoch, run.selected = state.step, state.epoch, state.selected
+    run.skipped_steps = state.skipped_steps
+    if run.scaler is not None and state.scaler:
+        run.scaler.load_state_dict(state.scaler)
+    run.plan = state.budget
+    run.started -= state.train_seconds  # the time of the earlier processes
 
 
 def announce(run):
@@ -187,7 +203,10 @@ def announce(run):
     print(f"normfree train: {run.cfg.model} on {run.cfg.dataset}, {params:,} params, "
           f"{run.steps_per_epoch} steps/epoch{over}{accumulate}{scaled}, {run.cfg.precision}, "
           f"output in {run.out}\n{describe(run.cfg)}", flush=True)
-    if run.step:
+    if run.step and run.epoch >= (run.num_epochs or math.inf):  # stopped while finishing
+        print(f"resuming {run.out} after its last step ({run.step}): testing and exporting",
+              flush=True)
+    elif run.step:
         print(f"resuming {run.out} from step {run.step} (epoch {run.epoch + 1} of "
               f"{run.num_epochs or '?'})", flush=True)
     save_json(run.out / "config.json", to_dict(run.cfg))
@@ -200,15 +219,14 @@ def save_run_checkpoint(run, epoch, tally=None):
     rng = distributed.gather(run.procs, rng_states()) if tally else None
     tally = tally and tally.summed(run.procs, run.device)
     if run.procs.main:
-        save_checkpoint(run.out / "checkpoint.pt", {
-            "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
-            "ema": run.ema.module.state_dict() if run.ema else None, "step": run.step,
-            "epoch": epoch, "tally": tally and tally.state(), "rng": rng,
-            "selected": run.selected, "train_seconds": time.time() - run.started,
-            "budget": run.plan, "skipped_steps": run.skipped_steps,
-            "scaler": run.scaler and run.scaler.state_dict(),
-            "config": to_dict(run.cfg), "model_name": run.cfg.model,
-            "layout": layout_of(run.model), "classes": list(run.data.classes)})
+        save_checkpoint(run.out / CHECKPOINT, Checkpoint(
+            model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
+            ema=run.ema.module.state_dict() if run.ema else None, step=run.step,
+            epoch=epoch, tally=tally and tally.state(), rng=rng, selected=run.selected,
+            train_seconds=time.time() - run.started, budget=run.plan,
+            skipped_steps=run.skipped_steps, scaler=run.scaler and run.scaler.state_dict(),
+            config=to_dict(run.cfg), model_name=run.cfg.model, layout=layout_of(run.model),
+            classes=list(run.data.classes)), previous=run.out / PREVIOUS)
 
 
 def train_epoch(run, epoch, stop, resumed=None):
@@ -219,11 +237,11 @@ def train_epoch(run, epoch, stop, resumed=None):
     torch.manual_seed(cfg.seed * 100003 + epoch + 1000003 * procs.rank)
     run.data.train.generator.manual_seed(cfg.seed * 100003 + epoch)
     tally = EpochTally()
-    if resumed is not None and resumed.get("tally"):
-        saved = resumed["tally"]  # sums over all processes
+    if resumed is not None and resumed.tally:
+        saved = resumed.tally  # sums over all processes
         tally = EpochTally(**saved) if procs.main else EpochTally(saved["batches"])
-        if len(resumed["rng"]) == procs.world_size:  # else: not bit-exact, same order
-            set_rng_states(resumed["rng"][procs.rank])
+        if len(resumed.rng) == procs.world_size:  # else: not bit-exact, same order
+            set_rng_states(resumed.rng[procs.rank])
     if run.plan is not None:  # budgeted and planned: plan again at the end of this epoch
         run.timer = StepTimer.rest_of_epoch(run, epoch)
     run.model.train()
@@ -354,13 +372,13 @@ def finish(run):
                    {"model": cfg.model, "numerics": cfg.numerics or "deepmind",
                     "classes": list(run.data.classes),
                     "preprocessing": preprocessing_of(cfg, run.data), "config": to_dict(cfg)})
+    weights = run.selected[0] if run.selected else "raw"
     results = {"test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"],
-               "weights": weights,
+               "weights": weights, "protocol": protocol_of(cfg, run.data, weights),
                "selected_on": "validation" if len(names) == 1 and run.selected else None,
                "val_top1": run.selected[1] if run.selected and len(names) == 1 else None,
                "test_by_weights": {name: {k: r[k] for k in ("top1", "top5", "loss", "images")}
                                    for name, r in tested.items()},
-               "protocol": evaluation_protocol(cfg, run.data),
                "epochs": run.num_epochs, "steps": run.step,
                "train_seconds": time.time() - run.started, "budget": run.plan,
                "skipped_steps": run.skipped_steps, "seed": cfg.seed,
@@ -370,19 +388,10 @@ def finish(run):
     save_json(out / "results.json", results)
     scores = ", ".join(f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%"
                        + (f" ({name})" if len(tested) > 1 else "") for name, r in tested.items())
-    print(f"test {scores}  ({weights} weights"
-          + (", nothing chosen on the test split" if len(names) > 1 else "")
-          + f", {results['protocol']['text']}, {results['train_seconds'] / 60:.1f} min)\n"
+    print(f"test {scores}  ({protocol_text(results['protocol'])}"
+          + ("; nothing chosen on the test split" if len(names) > 1 else "")
+          + f"; {results['train_seconds'] / 60:.1f} min)\n"
           f"artefacts: {out}/ (results.json, metrics.csv, curves.png, checkpoint.pt, "
           "model.safetensors)", flush=True)
     return results
 
-
-def evaluation_protocol(cfg, data):
-    """How the test numbers were made: image size and crop, flip TTA, precision."""
-    crop = (f"{data.test_size} px centre crop of the image resized to {data.test_size + 32}²"
-            if cfg.dataset == "folder" else f"{data.test_size} px whole images")
-    precision = cfg.eval_precision or cfg.precision
-    tta = "flip TTA" if cfg.tta_flip else "single crop"
-    return {"test_size": data.test_size, "crop": crop, "tta_flip": cfg.tta_flip,
-            "precision": precision, "text": f"{crop}, {tta}, {precision}"}

@@ -161,10 +161,10 @@ def train_step(model, optimizer, images, labels, *, micro_batch=None, prepare=No
     if sam is not None:
         sam.restore()
     if scaler is None and not torch.isfinite(total):
-        raise TrainingDiverged(f"loss is {total.item()} at step {step}: training diverged. "
-                               "Try a lower --lr" + (" or a smaller --clip-factor" if any(
-                                   g.get("clip_factor") for g in optimizer.param_groups) else "")
-                               + "; the last good checkpoint is kept.", step)
+        clipping = any(g.get("clip_factor") for g in optimizer.param_groups)
+        agc = "a smaller --clip-factor" if clipping else "AGC (--clip-factor 0.01)"
+        raise TrainingDiverged(f"loss is {total.item()} at step {step}: training diverged. Try "
+                               f"a lower --lr or {agc}", step)
     if scaler is not None:
         scaler.unscale_(optimizer)
     clipped = clip_param_groups_(optimizer)

@@ -2,14 +2,13 @@
 settings a resumed run may change (how it executes) and which it must keep (what it computes).
 """
 
-import json
 import time
 from dataclasses import fields, replace
 from pathlib import Path
 
-from ..errors import ConfigError, OutputError
-from .checkpoints import load_checkpoint
+from ..errors import ConfigError
 from .config import PRESETS, TrainConfig, from_dict, preset
+from .run_folder import CHECKPOINT, run_files, saved_config
 
 # Settings that change how a run executes, not what it computes: a resumed run may change them.
 EXECUTION_FIELDS = frozenset({"resume", "progress", "tensorboard", "threads", "workers",
@@ -27,26 +26,16 @@ def run_dir(cfg):
     out = Path(cfg.out_dir or RUNS_ROOT / f"{cfg.model}-{time.strftime('%Y%m%d-%H%M%S')}")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out-dir {out} is a file, not a directory")
-    if out.is_dir() and any(out.iterdir()) and not cfg.resume:
+    if run_files(out) and not cfg.resume:
         raise ConfigError(f"output directory {out} already exists: pass --resume to continue "
                           "that run, or choose another --out-dir")
     return out
 
 
-def make_run_dir(out, cfg):
-    """Create the run directory, once every check has passed."""
-    if cfg.resume and not (out / "checkpoint.pt").is_file():
-        print(f"--resume: no checkpoint in {out} yet: starting the run", flush=True)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"cannot create the run directory {out}: {e.strerror or e}") from None
-
-
 def latest_run(model, root=RUNS_ROOT):
     """The most recently checkpointed run directory of `model` under `root`, or None."""
-    runs = [p for p in Path(root).glob(f"{model}-*") if (p / "checkpoint.pt").is_file()]
-    return max(runs, key=lambda p: (p / "checkpoint.pt").stat().st_mtime, default=None)
+    runs = [p for p in Path(root).glob(f"{model}-*") if (p / CHECKPOINT).is_file()]
+    return max(runs, key=lambda p: (p / CHECKPOINT).stat().st_mtime, default=None)
 
 
 def config_differences(cfg, saved):
@@ -57,15 +46,13 @@ def config_differences(cfg, saved):
 
 
 def config_to_resume(out, overrides):
-    """The config of the run in `out` with `overrides` (flags given again) applied, or
-    None when `out` has no checkpoint yet. Flags that shape the run must agree with it."""
-    path, written = Path(out) / "checkpoint.pt", Path(out) / "config.json"
-    if not path.is_file():
+    """The config of the run in `out` (its checkpoint's: config.json is only a copy for people)
+    with `overrides` (flags given again) applied, or None when `out` is empty or missing.
+    Flags that shape the run must agree with it."""
+    saved = saved_config(out)
+    if saved is None:
         return None
-    # config.json holds the config the checkpoint does (the loop checks that when it loads
-    # the checkpoint): reading it spares loading a large checkpoint twice
-    saved = from_dict(json.loads(written.read_text()) if written.is_file()
-                      else load_checkpoint(path)["config"])
+    saved = from_dict(saved)
     cfg = replace(saved, **{**overrides, "resume": True, "out_dir": str(out)})
     differ = config_differences(cfg, saved)
     if differ:
@@ -77,8 +64,9 @@ def config_to_resume(out, overrides):
 
 def config_for_resume(preset_name, flags):
     """`normfree train --resume [--out-dir RUN] [flags]`: the run's own config with the flags
-    given again, or, when RUN has no checkpoint yet, the preset's with the flags (the run
-    starts). Without --out-dir, the latest run of the model under runs/ (said)."""
+    given again (never the preset's), or, when RUN is empty or missing, the preset's with the
+    flags (the run starts). Without --out-dir, the latest run of the model under runs/
+    (said)."""
     out = flags.get("out_dir")
     if out is None:
         model = flags.get("model", PRESETS[preset_name].get("model", TrainConfig.model))

@@ -13,14 +13,17 @@ import torch
 from ..data.batches import Normalize
 from ..data.datasets import make_data
 from ..errors import CheckpointError, ConfigError
-from ..evaluation import evaluate
+from ..evaluation import evaluate, protocol
+from ..nn.counts import activation_sizes
 from ..nn.variants import get_config
 from ..nn.zoo import build_model
-from ..runtime import check_precision, default_device, default_precision
+from ..runtime import (check_precision, default_device, default_precision,
+                       refuse_unaffordable)
 from ..weights.metadata import check_layout
 from ..weights.pretrained import load_pretrained, reference_preprocessing
-from .checkpoints import load_checkpoint
+from .checkpoints import read_checkpoint
 from .config import from_dict
+from .run_folder import CHECKPOINT
 
 
 def model_for(cfg, data):
@@ -55,8 +58,9 @@ def resolve_config(cfg, device, saved=None):
         # the model's own pair of sizes, or evaluation at the size given for training
         model = get_config(cfg.model)
         cfg = replace(cfg, test_size=cfg.image_size or model.test_size)
-    if cfg.image_size is None:
-        cfg = replace(cfg, image_size=get_config(cfg.model).train_size)
+    if cfg.image_size is None:  # the size the weights were trained at, else the model's
+        cfg = replace(cfg, image_size=(source and source.train_size)
+                      or get_config(cfg.model).train_size)
     if cfg.channels_last is None:
         cfg = replace(cfg, channels_last=channels_last_pays(cfg.model, device))
     return cfg, source
@@ -82,6 +86,22 @@ def micro_batch_size(cfg, world_size):
         raise ConfigError(f"--batch-size {cfg.batch_size} (the global batch) must be a multiple "
                           f"of {given} = {world_size * micro}")
     return micro
+
+
+def refuse_unaffordable_run(cfg, device, world_size=1):
+    """Refuse sizes (image, batch, synthetic set) whose memory this machine surely lacks, before
+    anything allocates: a lower bound from the layer outputs alone (`activation_sizes`)."""
+    largest, total = activation_sizes(get_config(cfg.model), cfg.image_size)
+    kept = 2 * largest if cfg.grad_checkpointing else total  # what backward needs kept
+    micro = cfg.device_batch_size or -(-cfg.batch_size // world_size)
+    train = micro * kept * (2 if cfg.precision in ("bf16", "fp16") else 4)
+    evaluation = cfg.eval_batch_size * 2 * largest * 4
+    synthetic = cfg.synthetic_size * cfg.in_chans * cfg.image_size ** 2 if (
+        cfg.dataset == "synthetic") else 0
+    refuse_unaffordable(max(train, evaluation) + synthetic, device,
+                        f"--image-size {cfg.image_size} with --batch-size {cfg.batch_size}, "
+                        f"--eval-batch-size {cfg.eval_batch_size}"
+                        + (f" and --synthetic-size {cfg.synthetic_size}" if synthetic else ""))
 
 
 def initialise_from(model, source, classes):
@@ -132,6 +152,12 @@ def preprocessing_of(cfg, data):
     return pre
 
 
+def protocol_of(cfg, data, weights):
+    """How the run measures accuracy (`evaluation.protocol`) with `weights` ("raw", "ema")."""
+    return protocol(data.test_size, preprocessing_of(cfg, data)["resize"], cfg.tta_flip,
+                    weights, cfg.eval_precision or cfg.precision)
+
+
 def memory_format(cfg):
     return torch.channels_last if cfg.channels_last else torch.contiguous_format
 
@@ -145,25 +171,29 @@ def evaluate_as_configured(cfg, model, batches, normalize, what="validation imag
                     memory_format=memory_format(cfg), what=what, sum_across=sum_across)
 
 
-def evaluate_checkpoint(path, data_dir=None, split="test", device=None):
-    """Top-1/top-5 of the weights a run selected (EMA or raw) on its dataset's `split`;
-    `path` is the checkpoint or the run directory holding it."""
+def evaluate_checkpoint(path, data_dir=None, split="test", device=None, tta_flip=None):
+    """Top-1/top-5 of the weights a run selected (EMA or raw) on its dataset's `split`, as the
+    run measures (`tta_flip` None: the run's own flip TTA); `path` is the checkpoint or the
+    run directory holding it."""
     if Path(path).is_dir():
-        path = Path(path) / "checkpoint.pt"
-    state = load_checkpoint(path)
-    cfg = from_dict(state["config"])
+        path = Path(path) / CHECKPOINT
+    state = read_checkpoint(path)
+    cfg = from_dict(state.config)
     if data_dir is not None:
         cfg = replace(cfg, data_dir=data_dir)
+    if tta_flip is not None:
+        cfg = replace(cfg, tta_flip=tta_flip)
     device = default_device(device)
     data = make_data(cfg)
     model = model_for(cfg, data)
-    weights = state["selected"][0] if state.get("selected") else "raw"
-    check_layout(model, state.get("layout"), path)
-    model.load_state_dict(state["ema"] if weights == "ema" else state["model"])
+    weights = state.selected[0] if state.selected else "raw"
+    check_layout(model, state.layout, path)
+    model.load_state_dict(state.ema if weights == "ema" else state.model)
     model.to(device, memory_format=memory_format(cfg))
     batches = data.train_eval if split == "train" else getattr(data, split)
     if batches is None:
         raise ConfigError(f"the run has no {split} split to evaluate")
     result = evaluate_as_configured(cfg, model, batches,
                                     Normalize(data.mean, data.std).to(device), f"{split} images")
-    return {**result, "weights": weights, "split": split, "checkpoint": str(path)}
+    return {**result, "weights": weights, "split": split, "checkpoint": str(path),
+            "protocol": protocol_of(cfg, data, weights)}

@@ -2,7 +2,10 @@
 `huggingface_hub` package: its standard cache, its `HF_HUB_OFFLINE` switch. normfree downloads
 only here, and only for an id the user named."""
 
+import functools
 import re
+import socket
+import urllib.parse
 
 from ..errors import CheckpointError, MissingDependency
 from .releases import HUB_PREFIX
@@ -25,12 +28,19 @@ def fetch(source):
                               "hf-hub:timm/eca_nfnet_l0.ra2_in1k")
     try:
         import huggingface_hub
-        from huggingface_hub import errors
+        from huggingface_hub import constants, errors
     except ImportError:
         raise MissingDependency("weights by hub id need the hub extra: pip install "
                                 "'normfree[hub]'") from None
+    online = functools.cache(lambda: not constants.HF_HUB_OFFLINE and reachable(
+        constants.ENDPOINT))
 
     def download(filename):
+        try:  # the cache first: no network needed
+            return huggingface_hub.hf_hub_download(repo_id, filename, local_files_only=True)
+        except errors.LocalEntryNotFoundError:
+            if not online():
+                return _NOT_CACHED
         try:
             return huggingface_hub.hf_hub_download(repo_id, filename)
         except errors.LocalEntryNotFoundError:  # offline (or unreachable) and not cached
@@ -57,3 +67,15 @@ def fetch(source):
         raise CheckpointError(f"{repo_id}: holds none of {', '.join(WEIGHT_FILES)}")
     config = download("config.json")
     return weights, (None if config is _NOT_CACHED else config)
+
+
+def reachable(endpoint, timeout=5.0):
+    """Whether the Hub's host takes a connection: one attempt of `timeout` seconds, where
+    huggingface_hub would retry for ~50 s with a warning each time when there is no network."""
+    url = urllib.parse.urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False

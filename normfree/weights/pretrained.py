@@ -13,12 +13,13 @@ from torch import nn
 
 from ..data.batches import Normalize
 from ..data.folders import open_image
-from ..data import IMAGENET_MEAN, IMAGENET_STD
+from ..data import IMAGENET_MEAN, IMAGENET_STD, MAX_IMAGE_SIZE
 from ..data.transforms import image_transform
 from ..errors import CheckpointError, ConfigError, DataError
-from ..evaluation import evaluate_folder
+from ..evaluation import evaluate_folder, protocol
 from ..nn import zoo
-from ..runtime import default_device
+from ..nn.counts import activation_sizes
+from ..runtime import default_device, refuse_unaffordable
 from . import hub, releases
 from .keymaps import convert_state_dict, detect_format
 from .loading import file_kind, infer_variant, load_weights, read_state_dict
@@ -48,31 +49,53 @@ class Pretrained:
     preprocessing: dict
     source_format: str
     path: Path = None   # the file read (for a hub id: in the cache)
+    train_size: int = None  # the size a normfree run trained them at (its exported config)
 
     def transform(self, image_size=None):
         """PIL image → uint8 tensor, as the weights expect (`image_size` overrides the crop)."""
         pre = self.preprocessing
-        if image_size:  # timm's keep their crop fraction, the reference its 32-px margin
-            resize = (math.floor(image_size / pre["crop_pct"]) if "crop_pct" in pre
-                      else image_size + pre["resize"] - pre["crop"])
-            pre = {**pre, "crop": image_size, "resize": resize}
-        return image_transform(pre["crop"], pre["resize"], pre["in_chans"], pre["interpolation"],
+        return image_transform(image_size or pre["crop"], self.resize_for(image_size),
+                               pre["in_chans"], pre["interpolation"],
                                pre.get("resize_mode", "squash"))
+
+    def resize_for(self, image_size=None):
+        """The size images are resized to before the centre crop of `image_size` (default: the
+        weights' own crop): timm's weights keep their crop fraction, the reference its 32-px
+        margin."""
+        pre = self.preprocessing
+        if not image_size:
+            return pre["resize"]
+        return (math.floor(image_size / pre["crop_pct"]) if "crop_pct" in pre
+                else image_size + pre["resize"] - pre["crop"])
 
     def normalize(self):
         return Normalize(self.preprocessing["mean"], self.preprocessing["std"])
 
+    def check_input(self, image_size, batch_size):
+        """Refuse a crop beyond `MAX_IMAGE_SIZE`, or batches whose layer outputs alone exceed
+        the free memory, before any image is decoded."""
+        size = image_size or self.preprocessing["crop"]
+        if size > MAX_IMAGE_SIZE:
+            raise ConfigError(f"--image-size {size}: predict and eval take at most "
+                              f"{MAX_IMAGE_SIZE} px")
+        largest, _ = activation_sizes(self.model.cfg, size)
+        refuse_unaffordable(batch_size * 2 * largest * 4, next(self.model.parameters()).device,
+                            f"--image-size {size} with {batch_size} image(s) a batch")
+
     def evaluate_folder(self, data_dir, labels_file=None, image_size=None, batch_size=50,
-                        bad_images="skip", progress=True):
+                        bad_images="skip", progress=True, tta_flip=False):
         """Top-1/top-5 (%) on an ImageFolder tree, or a flat folder + labels file, with these
-        weights' preprocessing (`image_size` overrides the crop)."""
+        weights' preprocessing (`image_size` overrides the crop), `tta_flip` as in training."""
+        self.check_input(image_size, batch_size)
         device = next(self.model.parameters()).device
-        result = evaluate_folder(self.model, data_dir, classes=self.classes,
-                                 transform=self.transform(image_size),
+        transform = self.transform(image_size)
+        result = evaluate_folder(self.model, data_dir, classes=self.classes, transform=transform,
                                  normalize=self.normalize().to(device), labels_file=labels_file,
-                                 batch_size=batch_size, bad_images=bad_images, progress=progress)
-        return {**result, "model": self.name, "numerics": self.numerics,
-                "image_size": image_size or self.preprocessing["crop"]}
+                                 batch_size=batch_size, bad_images=bad_images, progress=progress,
+                                 tta_flip=tta_flip)
+        crop = image_size or self.preprocessing["crop"]
+        return {**result, "model": self.name, "numerics": self.numerics, "image_size": crop,
+                "protocol": protocol(crop, self.resize_for(image_size), tta_flip)}
 
 
 def load_pretrained(source, model_name=None, device=None, **overrides):
@@ -108,9 +131,10 @@ def load_pretrained(source, model_name=None, device=None, **overrides):
         raise CheckpointError(f"{path}: metadata names {len(classes)} classes, the classifier "
                               f"has {num_classes}")
     device = default_device(device)
+    trained = meta.get("config")
     return Pretrained(model.to(device).eval(), name, numerics, classes,
                       _preprocessing(meta, timm_config, source_format, model), source_format,
-                      path)
+                      path, trained.get("image_size") if isinstance(trained, dict) else None)
 
 
 def _read_timm_config(path):
@@ -176,6 +200,7 @@ def predict(pretrained, paths, top=5, image_size=None, bad_images="stop"):
     An unreadable image raises `DataError` naming it, or with `bad_images="skip"` gets the
     `DataError` in its place in the list.
     """
+    pretrained.check_input(image_size, len(paths))
     transform = pretrained.transform(image_size)
     images = []
     for path in paths:

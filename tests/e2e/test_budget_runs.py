@@ -88,9 +88,9 @@ def test_budgeted_run_stopped_and_resumed_equals_an_uninterrupted_one(tmp_path, 
     real_save = loop.save_checkpoint
     stop_at = random.Random(0).randrange(49, 80)  # after the first plan again (at step 48)
 
-    def save_then_die(path, state):
-        real_save(path, state)
-        if state["step"] == stop_at:
+    def save_then_die(path, state, **kwargs):
+        real_save(path, state, **kwargs)
+        if state.step == stop_at:
             raise KeyboardInterrupt
     monkeypatch.setattr(loop, "save_checkpoint", save_then_die)
     cfg = preset("debug", time_budget="60s", warmup_epochs=3, checkpoint_every=1,

@@ -6,7 +6,7 @@ import pytest
 import normfree.cli
 from normfree.cli import main
 from normfree.errors import ConfigError
-from normfree.training.checkpoints import load_checkpoint, save_checkpoint
+from normfree.training.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from normfree.training.config import TrainConfig
 
 
@@ -24,7 +24,7 @@ def test_train_debug_and_eval_in_process(tmp_path, capsys):
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["layout"]["stem_strides"] == [2, 1]
     state["layout"]["stem_strides"] = [1, 1]
-    save_checkpoint(out / "checkpoint.pt", state)
+    save_checkpoint(out / "checkpoint.pt", Checkpoint.from_dict(state))
     capsys.readouterr()
     assert main(["eval", "--checkpoint", str(out / "checkpoint.pt")]) == 2
     assert "stem_strides [1, 1] (this version: [2, 1])" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from normfree import create_model
 from normfree.errors import CheckpointError
-from normfree.training.checkpoints import load_checkpoint, save_checkpoint
+from normfree.training.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from normfree.weights.metadata import export_weights
 from normfree.weights.loading import load_weights, read_state_dict
 from normfree.data.fashion_mnist import read_idx
@@ -80,8 +80,7 @@ def test_idx_reader(examples, compressed, tmp_path):
 @pytest.mark.parametrize("examples", EXAMPLES)
 def test_checkpoint_loader(examples, tmp_path):
     model = create_model("nfnet_tiny", 2)
-    save_checkpoint(tmp_path / "ok.pt", {"model": model.state_dict(), "config": {"seed": 0},
-                                         "step": 1})
+    save_checkpoint(tmp_path / "ok.pt", Checkpoint(model.state_dict(), {"seed": 0}, step=1))
     seed = (tmp_path / "ok.pt").read_bytes()
     assert load_checkpoint(tmp_path / "ok.pt")["step"] == 1
 
