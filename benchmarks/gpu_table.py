@@ -18,7 +18,7 @@ import torch
 
 from normfree.analysis.bench import (TIMM_PEERS, make_infer, make_timm_train_step,
                                      make_train_step, time_calls)
-from normfree.nn.zoo import create_model
+from normfree import create_model
 from normfree.runtime import bf16_available, machine_info
 import timm
 

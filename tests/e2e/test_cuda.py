@@ -9,7 +9,7 @@ import torch
 from normfree import runtime
 from normfree.cli import main
 from normfree.nn.variants import get_config
-from normfree.nn.zoo import create_model
+from normfree import create_model
 from normfree.training.optim import make_optimizer, train_step
 
 pytestmark = pytest.mark.cuda

@@ -11,7 +11,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from normfree.data.batches import TensorBatches
 from normfree.evaluation import evaluate
-from normfree.nn.zoo import create_model
+from normfree import create_model
 from normfree.training import distributed
 from normfree.training.optim import make_optimizer, train_step
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from normfree.errors import ConfigError, TrainingDiverged
-from normfree.nn.zoo import create_model
+from normfree import create_model
 from normfree.training.config import peak_lr, preset
 from normfree.training.optim import make_optimizer, train_step
 from normfree.training.runs import micro_batch_size

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from normfree.errors import ConfigError
-from normfree.nn.zoo import create_model
+from normfree import create_model
 from normfree.training.agc import clip_param_groups_
 from normfree.training.optim import make_optimizer, train_step
 from normfree.training.sam import SAM
