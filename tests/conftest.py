@@ -1,10 +1,14 @@
 """Every test gets its own normfree cache (budget speed records), never the user's; and a
-stand-in for Haiku's FlatMapping, for the Haiku-file tests of both tiers."""
+stand-in for Haiku's FlatMapping and a random F0 as a Haiku file, for the Haiku-file tests of
+both tiers."""
 
+import pickle
 import sys
 import types
 
 import pytest
+
+from helpers import randomised_nfnet, to_haiku
 
 
 @pytest.fixture(autouse=True)
@@ -39,3 +43,17 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="module")
+def f0():
+    """NFNet-F0 with random weights (per test module: it is large)."""
+    return randomised_nfnet("nfnet_f0", 0)
+
+
+@pytest.fixture(scope="module")
+def f0_haiku_file(f0, tmp_path_factory):
+    """F0 as a plain-dict Haiku pickle, written once per module: it is 273 MB."""
+    path = tmp_path_factory.mktemp("haiku") / "F0_haiku.npz"
+    path.write_bytes(pickle.dumps(to_haiku(f0), protocol=4))
+    return path

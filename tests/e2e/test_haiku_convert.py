@@ -1,27 +1,11 @@
 """`normfree convert` of a DeepMind Haiku file: the metadata it writes and weights equal to the
 model the file was made from."""
 
-import pickle
 
-import pytest
 import torch
 
 from normfree import create_model, load_weights
 
-from helpers import randomised_nfnet, to_haiku
-
-
-@pytest.fixture(scope="module")
-def f0():
-    return randomised_nfnet("nfnet_f0", 0)
-
-
-@pytest.fixture(scope="module")
-def f0_haiku_file(f0, tmp_path_factory):
-    """F0 as a plain-dict Haiku pickle, written once: it is 273 MB."""
-    path = tmp_path_factory.mktemp("haiku") / "F0_haiku.npz"
-    path.write_bytes(pickle.dumps(to_haiku(f0), protocol=4))
-    return path
 
 
 def test_convert_haiku_to_safetensors(f0, f0_haiku_file, tmp_path):

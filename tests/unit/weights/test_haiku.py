@@ -12,20 +12,7 @@ from normfree import create_model, load_weights
 from normfree.errors import CheckpointError
 from normfree.weights.haiku import UnsafeWeightsError, read_haiku_file
 
-from helpers import randomised_nfnet, to_haiku
-
-
-@pytest.fixture(scope="module")
-def f0():
-    return randomised_nfnet("nfnet_f0", 0)
-
-
-@pytest.fixture(scope="module")
-def f0_haiku_file(f0, tmp_path_factory):
-    """F0 as a plain-dict Haiku pickle, written once: it is 273 MB."""
-    path = tmp_path_factory.mktemp("haiku") / "F0_haiku.npz"
-    path.write_bytes(pickle.dumps(to_haiku(f0), protocol=4))
-    return path
+from helpers import to_haiku
 
 
 def test_module_count_matches_spec(f0):
