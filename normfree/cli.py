@@ -14,7 +14,7 @@ from .data import FMNIST_DIR, MAX_IMAGE_SIZE
 from .errors import NormfreeError, TrainingStopped
 from .nn.counts import count
 from .nn.variants import BN_TWINS, get_config, list_models
-from .runtime import PRECISIONS
+from .precisions import PRECISIONS
 from .training.config import DEFAULT_PRESET, PRESETS, add_config_flags
 from .weights.releases import RELEASES
 

@@ -11,7 +11,7 @@ from typing import Optional
 from ..data import FMNIST_DIR
 from ..errors import ConfigError
 from ..nn.variants import list_models
-from ..runtime import PRECISIONS
+from ..precisions import PRECISIONS
 
 
 def _flag(default, description=None):
@@ -146,7 +146,7 @@ class TrainConfig:
 # Values no run can use, refused when a config is made: field → (check, the rule in words).
 _RULES = {
     **dict.fromkeys(("epochs", "steps", "batch_size", "device_batch_size", "eval_batch_size",
-                     "in_chans",
+                     "in_chans", "test_size",
                      "image_size", "synthetic_size", "train_per_class"),
                     (lambda v: v >= 1, "at least 1")),
     **dict.fromkeys(("val_size", "eval_every", "crop_padding", "mixup_alpha", "cutmix_alpha",
@@ -164,7 +164,6 @@ _RULES = {
                 "two or more distinct class indices, e.g. 0,1,2,3,4"),
     **dict.fromkeys(("lr", "lr_base", "sam_rho"), (lambda v: v > 0, "positive")),
     "sam_fraction": (lambda v: 0 < v <= 1, "in (0, 1]"),
-    "test_size": (lambda v: v >= 32, "at least 32 (the networks' total stride)"),
 }
 
 # String fields and the values they take (functions: the model list is built on demand).

@@ -61,7 +61,7 @@ def test_run_checkpoint_and_weights_report_the_same_accuracy_with_the_same_proto
     data, out = folder_run
     results = json.loads((out / "results.json").read_text())
     assert results["protocol"] == {"crop": 16, "resize": 48, "tta_flip": True,
-                                   "weights": results["weights"]}
+                                   "weights": results["weights"], "precision": "fp32"}
     code, from_checkpoint, _ = cli(capsys, "eval", "--checkpoint", out)
     assert code == 0 and "16 px (centre crop of 48), flip TTA" in from_checkpoint
     code, from_weights, _ = cli(capsys, "eval", "--weights", out / "model.safetensors", "--data",

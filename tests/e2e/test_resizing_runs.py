@@ -18,9 +18,12 @@ def test_a_run_trains_small_then_full_size_from_the_step_the_schedule_says(tmp_p
     loop = importlib.import_module("normfree.training.loop")
     real_step, sizes = loop.train_step, []
 
-    def recording_step(model, optimizer, images, *args):
-        sizes.append(images.shape[-1])
-        return real_step(model, optimizer, images, *args)
+    def recording_step(model, optimizer, images, labels, prepare, **step):
+        def recorded(chunk):  # the batch as the model sees it
+            chunk = prepare(chunk)
+            sizes.append(chunk.shape[-1])
+            return chunk
+        return real_step(model, optimizer, images, labels, prepare=recorded, **step)
     monkeypatch.setattr(loop, "train_step", recording_step)
     result = train(preset("debug", small_image_scale=0.5, small_image_until=0.5, progress=False,
                           out_dir=str(tmp_path)))
