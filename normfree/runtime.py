@@ -118,6 +118,12 @@ def autocast(device, precision):
     return torch.autocast(device.type, dtype, enabled=precision in _AUTOCAST_DTYPES)
 
 
+def loss_scaler(device, precision):
+    """fp16's `GradScaler` (the loss scaled so that small gradients survive fp16), or None for
+    the precisions that need none."""
+    return torch.amp.GradScaler(device.type) if precision == "fp16" else None
+
+
 def describe_device(device):
     if device.type == "cuda":
         major, minor = torch.cuda.get_device_capability(device)

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError, MissingDependency
 from ..nn.zoo import build_model, count_macs
-from ..runtime import autocast, default_device, machine_info
+from ..runtime import autocast, default_device, loss_scaler, machine_info
 from ..training.agc import clip_param_groups_
 from ..training.optim import make_optimizer, train_step
 from ..weights.deploy import fold_ws
@@ -53,7 +53,7 @@ def make_train_step(model, images, labels, clip_factor=0.01, precision="fp32", f
     compiled) defaults to the model."""
     optimizer = make_optimizer(model, "sgd", lr=1e-3, momentum=0.9, weight_decay=1e-5,
                                clip_factor=clip_factor)
-    scaler = torch.amp.GradScaler(images.device.type) if precision == "fp16" else None
+    scaler = loss_scaler(images.device, precision)
     forward = model if forward is None else forward
 
     def step():
@@ -71,7 +71,7 @@ def make_timm_train_step(model, images, labels, clip_factor=0.01, precision="fp3
                                 weight_decay=1e-5, fused=fused)
     clipped = list(model.parameters())[:-2]  # timm's positional exclusion of the classifier
     forward = model if forward is None else forward
-    scaler = torch.amp.GradScaler(images.device.type) if precision == "fp16" else None
+    scaler = loss_scaler(images.device, precision)
 
     def step():
         with autocast(images.device, precision):

@@ -25,7 +25,7 @@ from ..data.datasets import make_data
 from ..errors import ConfigError, TrainingDiverged, TrainingStopped
 from ..evaluation import protocol_text
 from ..files import save_json
-from ..runtime import machine_info
+from ..runtime import loss_scaler, machine_info
 from ..weights.metadata import check_layout, export_weights, layout_of
 from . import distributed
 from .budget import (StepTimer, budget_left, plan_budget, refuse_known_too_small,
@@ -157,7 +157,7 @@ def build_run(cfg, started, procs, device, out, source):
                build_optimizer(cfg, model), EMA(model, cfg.ema_decay) if cfg.ema_decay else None,
                batch_mixer(cfg, len(data.classes)), Normalize(data.mean, data.std).to(device),
                micro_batch_size(cfg, procs.world_size),
-               torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None,
+               loss_scaler(device, cfg.precision),
                wrapped.no_sync if procs.distributed else contextlib.nullcontext,
                sam=SAM(cfg.sam_rho, cfg.sam_fraction) if cfg.sam_rho else None)
 
