@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError, InputError
+from . import RANDAUGMENT_MAGNITUDES
 
 OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "Color",
        "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY",
@@ -36,8 +37,7 @@ SIGNED_OPS = ("Rotate", "ShearX", "ShearY", "TranslateX", "TranslateY")
 MAX_LEVEL = 10.0  # the reference's _MAX_LEVEL: magnitude 10 is each op's "full" strength
 TRANSLATE_CONST, CUTOUT_CONST = 100, 40  # px at magnitude 10 (the reference's RandAugment hparams)
 FILL = 128
-# Posterize keeps int(0.4 m) bits: past 22.5 that exceeds 8 and the shift goes negative
-MAGNITUDE_RANGE = (0.0, 22.5)
+MAGNITUDE_RANGE = RANDAUGMENT_MAGNITUDES["reference"]
 # tf.image.rgb_to_grayscale's weights
 GREY_WEIGHTS = (0.2989, 0.5870, 0.1140)
 

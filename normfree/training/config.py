@@ -8,7 +8,7 @@ import typing
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
-from ..data import FMNIST_DIR
+from ..data import FMNIST_DIR, PIPELINES, RANDAUGMENT_MAGNITUDES
 from ..errors import ConfigError
 from ..nn.variants import list_models
 from ..precisions import PRECISIONS
@@ -50,6 +50,10 @@ class TrainConfig:
                                            "images per class (drawn with --seed); none: all")
     bad_images: str = _flag("skip", "unreadable files in a folder: skip | stop")
     # augmentation
+    pipeline: str = _flag("torchvision", "folder data's input pipeline: torchvision (random-"
+                          "resized crop, its RandAugment, MixUp/CutMix on the device) | "
+                          "reference (DeepMind's: its crop and bicubic resize, per-image "
+                          "MixUp+CutMix of 2 source images per image, then its RandAugment)")
     crop_padding: int = _flag(2, "random crop after zero-padding by this many pixels")
     flip: bool = _flag(True, "random horizontal flips")
     randaugment: Optional[tuple] = _flag(None, "LAYERS,MAGNITUDE, e.g. 4,5")
@@ -141,6 +145,32 @@ class TrainConfig:
             if value is not None and value not in allowed():
                 raise ConfigError(f"--{name.replace('_', '-')} must be one of "
                                   f"{', '.join(allowed())}, got {value!r}")
+        _check_augmentation(self)
+
+
+def _check_augmentation(cfg):
+    """Refuse what the chosen input pipeline cannot do, and a test size below the crop."""
+    if cfg.randaugment:
+        low, high = RANDAUGMENT_MAGNITUDES[cfg.pipeline]
+        if not low <= cfg.randaugment[1] < high:
+            raise ConfigError(f"--randaugment {cfg.randaugment[0]},{cfg.randaugment[1]}: the "
+                              f"{cfg.pipeline} pipeline's RandAugment magnitude must be in "
+                              f"[{low:g}, {high:g})")
+    if cfg.test_size and cfg.image_size and cfg.test_size < cfg.image_size:
+        raise ConfigError(f"--test-size {cfg.test_size} is below the training crop "
+                          f"--image-size {cfg.image_size}: evaluate at the crop size or larger")
+    if cfg.pipeline != "reference":
+        return
+    if cfg.dataset != "folder":
+        raise ConfigError(f"--pipeline reference reads image folders (--dataset folder), got "
+                          f"--dataset {cfg.dataset}")
+    if (cfg.mixup_alpha or cfg.cutmix_alpha) and not (cfg.mixup_alpha and cfg.cutmix_alpha == 1):
+        raise ConfigError("--pipeline reference mixes as DeepMind's code does, MixUp and CutMix "
+                          "together (its CutMix box area is uniform: --cutmix-alpha 1) or "
+                          f"neither, got --mixup-alpha {cfg.mixup_alpha:g} --cutmix-alpha "
+                          f"{cfg.cutmix_alpha:g}")
+    if cfg.random_erasing:
+        raise ConfigError("--pipeline reference has no random erasing: pass --random-erasing 0")
 
 
 # Values no run can use, refused when a config is made: field → (check, the rule in words).
@@ -173,6 +203,7 @@ _CHOICES = {
     "dataset": lambda: ("fashion-mnist", "folder", "synthetic"),
     "optimizer": lambda: ("sgd", "adamw"),
     "bad_images": lambda: ("skip", "stop"),
+    "pipeline": lambda: PIPELINES,
     "precision": lambda: PRECISIONS,
     "eval_precision": lambda: PRECISIONS,
 }
@@ -188,7 +219,8 @@ _IMAGENET_DROPOUT = (0.2, 0.3, 0.4, 0.4, 0.5, 0.5, 0.5)
 
 def _imagenet_recipe(n):
     """The reference's ImageNet configuration of NFNet-F`n` (docs/architecture.md §11)."""
-    return dict(model=f"nfnet_f{n}", dataset="folder", image_size=None, test_size=None,
+    return dict(model=f"nfnet_f{n}", dataset="folder", pipeline="reference",
+                image_size=None, test_size=None,
                 epochs=360, batch_size=4096, lr=None, lr_base=0.1, weight_decay=2e-5,
                 warmup_epochs=5, clip_factor=0.01, ema_decay=0.99999,
                 randaugment=(4, _IMAGENET_MAGNITUDE[n]), mixup_alpha=0.2, cutmix_alpha=1.0,
