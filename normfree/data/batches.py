@@ -20,6 +20,7 @@ class Sharded:
     `batch_size` gives process `rank` its own consecutive `batch_size / world_size` part."""
 
     rank, world_size = 0, 1
+    per_process_multiple = 1  # what each process's share of a batch must be a multiple of
 
     def shard(self, rank, world_size):
         if self.batch_size % world_size:

@@ -19,6 +19,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from ..errors import ConfigError, DataError
 from .batches import Data, Sharded
 from . import IMAGENET_MEAN, IMAGENET_STD
+from . import reference_pipeline
+from .reference_pipeline import SOURCES_PER_MIXED_IMAGE, MixAndAugment
 from .transforms import folder_train_transform, image_transform
 
 BAD_IMAGE_POLICIES = ("skip", "stop")
@@ -69,33 +71,47 @@ class FolderBatches(Sharded):
     """
 
     def __init__(self, dataset, batch_size, shuffle=False, drop_last=False, bad_images="skip",
-                 workers=None, seed=0):
+                 workers=None, seed=0, collate=collate_readable, sources=1):
         if bad_images not in BAD_IMAGE_POLICIES:
             raise ConfigError(f"bad_images must be one of {BAD_IMAGE_POLICIES}, got "
                              f"{bad_images!r}")
         self.workers = min(4, os.cpu_count() or 1) if workers is None else workers
         self.dataset, self.size, self.batch_size = dataset, len(dataset), batch_size
         self.shuffle, self.drop_last = shuffle, drop_last
+        # `collate` makes a batch of `sources` images per batch image (2: mixed in pairs)
+        self.collate, self.sources = collate, sources
         self.generator = torch.Generator().manual_seed(seed)
         self.indices = []  # the sampler: this pass's order (this process's part) from `start`
         self.loader = self._loader()
         self.bad_images = bad_images
         self.skipped = []
 
+    @property
+    def per_process_multiple(self):
+        """What each process's share of a batch must be a multiple of: 2 when images are mixed
+        in pairs (MixUp on one half of the pairs, CutMix on the other)."""
+        return 2 if self.sources > 1 else 1
+
     def _loader(self):
-        return DataLoader(self.dataset, self.batch_size // self.world_size, sampler=self.indices,
-                          drop_last=self.drop_last, num_workers=self.workers,
-                          persistent_workers=self.workers > 0, collate_fn=collate_readable)
+        return DataLoader(self.dataset, self.batch_size * self.sources // self.world_size,
+                          sampler=self.indices, drop_last=self.drop_last,
+                          num_workers=self.workers, persistent_workers=self.workers > 0,
+                          collate_fn=self.collate)
 
     def shard(self, rank, world_size):
         super().shard(rank, world_size)
+        if (self.batch_size // world_size) % self.per_process_multiple:
+            raise ConfigError(f"--batch-size {self.batch_size} over {world_size} process(es) "
+                              f"gives each {self.batch_size // world_size} images a step; mixing "
+                              "as the reference does (MixUp on half the pairs, CutMix on the "
+                              "other) needs an even number per process")
         self.loader = self._loader()
 
     def share(self, rank, world_size):
         """Process `rank`'s share of an evaluation pass (as `TensorBatches.share`)."""
         dataset = ImageFiles(self.dataset.samples[rank::world_size], self.dataset.transform)
         return FolderBatches(dataset, self.batch_size, bad_images=self.bad_images,
-                             workers=self.workers)
+                             workers=self.workers, collate=self.collate)
 
     @property
     def num_images(self):
@@ -109,11 +125,13 @@ class FolderBatches(Sharded):
         return self.iterate()
 
     def iterate(self, start=0):
-        order = (torch.randperm(self.size, generator=self.generator) if self.shuffle
-                 else torch.arange(self.size))
+        # with several sources per batch image, a pass of len(self) batches reads the images
+        # that many times, each time in a new order (the reference's repeated, shuffled stream)
+        order = torch.cat([torch.randperm(self.size, generator=self.generator) if self.shuffle
+                           else torch.arange(self.size) for _ in range(self.sources)])
+        per_batch = self.batch_size * self.sources
         self.indices[:] = [j for i in range(start, len(self)) for j in
-                           self.part(order[i * self.batch_size:(i + 1) * self.batch_size])
-                           .tolist()]
+                           self.part(order[i * per_batch:(i + 1) * per_batch]).tolist()]
         self.skipped = []
         for images, labels, bad in self.loader:
             if bad and self.bad_images == "stop":
@@ -224,9 +242,7 @@ def make_folder_data(cfg):
         raise DataError(f"--data-dir {root}: expected an ImageFolder tree with a 'train' "
                         "subfolder (train/<class>/<image>), and optionally 'val' and 'test'")
     size = cfg.image_size
-    train_tf = folder_train_transform(size, cfg.flip, cfg.randaugment, cfg.random_erasing)
     test_size = cfg.test_size or size
-    eval_tf = image_transform(test_size, test_size + 32)
     train, classes = folder_samples(root / "train")
     splits = {}
     for split in ("val", "test"):
@@ -251,13 +267,31 @@ def make_folder_data(cfg):
     refuse_unreadable(root, {"training": train, "validation": splits["val"],
                              "test": [] if splits["test"] is splits["val"] else splits["test"]})
 
+    train_batches, eval_tf = pipeline_parts(cfg, size, test_size, len(classes))
+
     def batches(samples, transform, batch_size, **kw):
         return FolderBatches(ImageFiles(samples, transform), batch_size,
                              bad_images=cfg.bad_images, workers=cfg.workers, **kw)
-    return Data(train=batches(train, train_tf, cfg.batch_size, shuffle=True, drop_last=True,
-                              seed=cfg.seed),
+    return Data(train=batches(train, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
+                              seed=cfg.seed, **train_batches),
                 val=(batches(splits["val"], eval_tf, cfg.eval_batch_size) if splits["val"]
                      else None),
                 test=batches(splits["test"], eval_tf, cfg.eval_batch_size),
                 classes=classes, in_chans=3, image_size=size, mean=IMAGENET_MEAN,
                 std=IMAGENET_STD, test_size=test_size, test_is_val=test_is_val)
+
+
+def pipeline_parts(cfg, size, test_size, num_classes):
+    """(the training `FolderBatches` arguments, the evaluation transform) of `cfg.pipeline`:
+    torchvision's transforms, or the reference's crops with mixing and RandAugment in the
+    loader (`reference_pipeline`)."""
+    if cfg.pipeline == "reference":
+        mixing = bool(cfg.mixup_alpha)  # the config allows MixUp + CutMix together or neither
+        finish = MixAndAugment(collate_readable, num_classes if mixing else None,
+                               cfg.randaugment)
+        return (dict(transform=reference_pipeline.train_transform(size, cfg.flip),
+                     collate=finish, sources=SOURCES_PER_MIXED_IMAGE if mixing else 1),
+                reference_pipeline.eval_transform(test_size))
+    return (dict(transform=folder_train_transform(size, cfg.flip, cfg.randaugment,
+                                                  cfg.random_erasing)),
+            image_transform(test_size, test_size + 32))

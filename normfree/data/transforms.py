@@ -2,6 +2,8 @@
 
 from torchvision.transforms import v2
 
+from . import reference_pipeline
+
 
 def small_image_transform(size, crop_padding, flip, randaugment, random_erasing):
     """Per-image training augmentation for small greyscale/colour images (uint8 in and out).
@@ -21,12 +23,16 @@ def small_image_transform(size, crop_padding, flip, randaugment, random_erasing)
 
 def image_transform(crop, resize=None, in_chans=3, interpolation="bicubic", resize_mode="squash"):
     """PIL image → uint8 CHW tensor: the whole image resized to `resize`² ("squash"), or its
-    shorter side to `resize` ("shorter", timm's usual), then centre crop `crop`.
+    shorter side to `resize` ("shorter", timm's usual), then centre crop `crop`; or, with
+    "reference", DeepMind's TensorFlow resize-crop (float32 out, `reference_pipeline`).
 
     With `resize = crop + 32`, "squash" and bicubic this is the reference's evaluation
-    preprocessing (docs/architecture.md §11); normalisation happens later, on the model's device.
+    preprocessing with torchvision's antialiased resize (docs/architecture.md §11);
+    normalisation happens later, on the model's device.
     """
     resize = resize or crop
+    if resize_mode == "reference":
+        return reference_pipeline.eval_transform(crop, resize - crop)
     mode = v2.InterpolationMode(interpolation)
     return v2.Compose([v2.Grayscale(1) if in_chans == 1 else v2.RGB(),
                        v2.Resize((resize, resize) if resize_mode == "squash" else resize,

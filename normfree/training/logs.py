@@ -75,10 +75,12 @@ class EpochTally:
         self._since = time.time()
 
     def add(self, step, labels):
-        """Count a `StepResult` on a batch of `labels`."""
+        """Count a `StepResult` on a batch of `labels`: class indices, or soft targets (mixed
+        in the loader), whose largest share is the class counted as right."""
         self.batches += 1
         self.seen += len(labels)
-        self.correct += (step.logits.argmax(1) == labels).sum().item()
+        classes = labels.argmax(1) if labels.dim() == 2 else labels
+        self.correct += (step.logits.argmax(1) == classes).sum().item()
         self.loss_sum += step.loss.item() * len(labels)
         self.clipped_sum += 0.0 if step.clipped is None else step.clipped.item()
         self.skipped_steps += step.skipped

@@ -121,7 +121,8 @@ def data_for(cfg, procs):
     data = make_data(cfg)
     if len(data.train) == 0:  # fewer training images than one batch
         images = data.train.num_images
-        unit = procs.world_size * (cfg.device_batch_size or 1)
+        unit = procs.world_size * math.lcm(cfg.device_batch_size or 1,
+                                           data.train.per_process_multiple)
         batch = images - images % unit
         if batch < 1:
             raise ConfigError(f"{images} training images cannot be shared by "
@@ -372,7 +373,6 @@ def finish(run):
                    {"model": cfg.model, "numerics": cfg.numerics or "deepmind",
                     "classes": list(run.data.classes),
                     "preprocessing": preprocessing_of(cfg, run.data), "config": to_dict(cfg)})
-    weights = run.selected[0] if run.selected else "raw"
     results = {"test_top1": test["top1"], "test_top5": test["top5"], "test_loss": test["loss"],
                "weights": weights, "protocol": protocol_of(cfg, run.data, weights),
                "selected_on": "validation" if len(names) == 1 and run.selected else None,

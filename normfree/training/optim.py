@@ -106,8 +106,8 @@ def load_optimizer_state(optimizer, state):
 
 def batch_mixer(cfg, num_classes):
     """MixUp on the first half of a batch and CutMix on the second (docs/architecture.md §11),
-    or None."""
-    if not (cfg.mixup_alpha or cfg.cutmix_alpha):
+    or None: also when the reference pipeline mixes in the loader instead."""
+    if cfg.pipeline == "reference" or not (cfg.mixup_alpha or cfg.cutmix_alpha):
         return None
     mixup = v2.MixUp(alpha=cfg.mixup_alpha, num_classes=num_classes) if cfg.mixup_alpha else None
     cutmix = (v2.CutMix(alpha=cfg.cutmix_alpha, num_classes=num_classes) if cfg.cutmix_alpha

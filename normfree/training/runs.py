@@ -146,9 +146,10 @@ def compiled(model, cfg, device):
 
 def preprocessing_of(cfg, data):
     """How `predict`/`eval --weights` must prepare images for this run's model."""
-    pre = reference_preprocessing(data.test_size, data.in_chans, data.mean, data.std)
+    pre = reference_preprocessing(data.test_size, data.in_chans, data.mean, data.std,
+                                  "reference" if cfg.pipeline == "reference" else "squash")
     if cfg.dataset != "folder":  # in-memory datasets are already at their size
-        pre.update(resize=data.image_size, interpolation="bilinear")
+        pre.update(resize=data.image_size, interpolation="bilinear", resize_mode="squash")
     return pre
 
 

@@ -32,11 +32,14 @@ def imagenet_classes():
     return tuple(Path(__file__).with_name("imagenet_classes.txt").read_text().splitlines())
 
 
-def reference_preprocessing(size, in_chans=3, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+def reference_preprocessing(size, in_chans=3, mean=IMAGENET_MEAN, std=IMAGENET_STD,
+                            resize_mode="reference"):
     """The reference's evaluation (docs/architecture.md §11): whole image → (S+32)² bicubic,
-    centre crop S, mean/std."""
+    centre crop S, mean/std. `resize_mode` "reference" resizes as its TensorFlow code does
+    (no antialiasing, float, unclamped); "squash" the same sizes with torchvision's
+    antialiased bicubic to uint8 (what runs of the torchvision pipeline evaluate with)."""
     return {"resize": size + 32, "crop": size, "interpolation": "bicubic", "mean": list(mean),
-            "std": list(std), "in_chans": in_chans}
+            "std": list(std), "in_chans": in_chans, "resize_mode": resize_mode}
 
 
 @dataclass
