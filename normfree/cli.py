@@ -38,13 +38,18 @@ def cmd_list(args):
 def list_releases():
     print("Models with released ImageNet weights (load: normfree.create_model(NAME, "
           "pretrained=True), or --weights HUB_ID):")
-    print(f"{'model':<18} {'top-1 %':>7} {'params':>12} {'test px':>7}  hub id")
+    print(f"{'model':<18} {'top-1 %':>7} {'params':>12} {'test px':>7}  {'recipe':<12} hub id")
     for name, release in RELEASES.items():
         top1 = f"{release.top1:.2f}" if release.top1 else "-"
+        recipe = name.replace("nfnet_", "imagenet-", 1)
+        recipe = recipe if name.startswith("nfnet_f") and recipe in PRESETS else "-"
         print(f"{name:<18} {top1:>7} {count(get_config(name))[0]:>12,} {release.test_size:>7}"
-              f"  {release.hub_id}")
+              f"  {recipe:<12} {release.hub_id}")
     print("top-1: the F models as DeepMind published them (Brock et al. 2021), the others "
-          "from timm's release notes")
+          "from timm's release notes.\nrecipe: the preset that trains the model as DeepMind's "
+          "code did (settings, input pipeline, evaluation: docs/architecture.md §11.2), e.g. "
+          "normfree train --preset imagenet-f0 --data-dir IMAGENET; ImageNet is not run here, "
+          "so the top-1 is the makers' number, not a reproduction")
 
 
 def add_output_flags(parser):

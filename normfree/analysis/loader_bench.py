@@ -4,8 +4,10 @@ in the same run (rounds alternate between the two, so the machine's moods hit bo
 
 The peer is timm's uint8 path (`create_loader(use_prefetcher=True)`, whose workers hand uint8
 batches to a device-side normaliser) at the closest augmentation: random-resized crop, flip and
-`rand-m5-n4`; normfree's loader hands uint8 batches to the device too, so the workers' work is
-compared like for like. Without a folder, one of generated photo-like JPEGs is written (about
+`rand-m5-n4`. normfree's loader runs the preset's reference pipeline: each image it hands over
+is mixed from two decoded, cropped and resized source images, then RandAugmented, so it does
+about twice timm's decoding and resizing per image (docs/benchmarks.md). Without a folder,
+one of generated photo-like JPEGs is written (about
 400 × 350, varied sizes and aspect ratios, like ImageNet's).
 """
 

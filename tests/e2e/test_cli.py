@@ -146,7 +146,8 @@ def test_list_shows_timms_models_and_the_released_weights(capsys):
     main(["list", "--pretrained"])
     released = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()
                 if line.split() and line.split()[-1].startswith("hf-hub:")}
-    assert released["eca_nfnet_l0"][1:] == ["82.60", "24,143,924", "288",
+    assert released["eca_nfnet_l0"][1:] == ["82.60", "24,143,924", "288", "-",
                                             "hf-hub:timm/eca_nfnet_l0.ra2_in1k"]
-    assert released["nfnet_f0"][-1] == "hf-hub:timm/dm_nfnet_f0.dm_in1k"
+    assert released["nfnet_f0"][-2:] == ["imagenet-f0", "hf-hub:timm/dm_nfnet_f0.dm_in1k"]
+    assert released["nfnet_f6"][-2] == "imagenet-f6"
     assert len(released) == 14  # F0-F6, L0, ECA L0-L2, NF-ResNet-50, NF-RegNet-B1, test_nfnet
