@@ -222,3 +222,22 @@ def test_scale_and_precision_mistakes_are_refused_before_anything_is_written(
     code, _, err = cli(capsys, "train", "--preset", "debug", "--out-dir", out, *flags)
     assert_refused(code, err, *fragments)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("flags,fragments", [
+    (["--randaugment", "4,23"], ["--randaugment 4,23", "reference pipeline", "[0, 22.5)"]),
+    (["--pipeline", "torchvision", "--randaugment", "2,31"], ["torchvision", "[0, 31)"]),
+    (["--test-size", "128"], ["--test-size 128 is below the training crop --image-size 192"]),
+    (["--sam-fraction", "1.5"], ["--sam-fraction must be in (0, 1]"]),
+    (["--sam-fraction", "0"], ["--sam-fraction must be in (0, 1]"]),
+    (["--pipeline", "deepmind"], ["--pipeline must be one of torchvision, reference"])])
+def test_imagenet_recipe_mistakes_are_refused_before_anything_is_written(tmp_path, capsys,
+                                                                         flags, fragments):
+    data = tmp_path / "data" / "train" / "a"
+    data.mkdir(parents=True)
+    Image.new("RGB", (40, 30)).save(data / "0.jpg")
+    out = tmp_path / "run"
+    code, _, err = cli(capsys, "train", "--preset", "imagenet-f0", "--data-dir",
+                       tmp_path / "data", "--out-dir", out, *flags)
+    assert_refused(code, err, *fragments)
+    assert not out.exists()
