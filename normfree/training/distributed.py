@@ -11,12 +11,14 @@ import os
 import re
 import signal
 import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch.distributed.rendezvous import rendezvous
+from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import PeerLost
 from ..runtime import default_device
@@ -89,6 +91,15 @@ def peer_failures_in_one_line(procs):
         reason = re.sub(r"^\[[^\]]*\]\s*", "", text.splitlines()[0]).split(". ")[0][:160]
         raise PeerLost(f"rank {procs.rank}: another training process stopped, so this one "
                        f"stops too ({reason})") from None
+
+
+def ddp(model):
+    """`DistributedDataParallel(model)`. Its buckets are laid out contiguously, so channels_last
+    gradients are copied out of them, with a warning per process; the copy keeps gradients laid
+    out like their parameters, which the fused optimizer kernels need, so it is not a problem
+    to report (the filter holds for the run alone: `runtime.settings_kept`)."""
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    return DistributedDataParallel(model)
 
 
 def stop(procs):

@@ -10,14 +10,12 @@ import contextlib
 import json
 import math
 import time
-import warnings
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..data.batches import Normalize
@@ -25,7 +23,7 @@ from ..data.datasets import make_data
 from ..errors import ConfigError, TrainingDiverged, TrainingStopped
 from ..evaluation import protocol_text
 from ..files import save_json
-from ..runtime import loss_scaler, machine_info
+from ..runtime import loss_scaler, machine_info, settings_kept
 from ..weights.metadata import check_layout, export_weights, layout_of
 from . import distributed
 from .budget import (StepTimer, budget_left, plan_budget, refuse_known_too_small,
@@ -53,8 +51,10 @@ def train(cfg: TrainConfig):
     Returns the results (rank 0; the other ranks of a torchrun job return None).
     """
     procs, device = distributed.start(cfg.device)
-    try:
-        with distributed.peer_failures_in_one_line(procs):
+    # inductor says, while it compiles for the CPU, that it found no CUDA
+    quiet = ["torch.utils.cpp_extension"] if cfg.compile and device.type == "cpu" else []
+    try:  # the warnings filters, thread count and loggers the run sets are the run's alone
+        with distributed.peer_failures_in_one_line(procs), settings_kept(cfg.threads, quiet):
             result = _train(cfg, procs, device)
     except TrainingStopped:  # every process stopped at the same step: leave together
         distributed.stop(procs)
@@ -78,8 +78,6 @@ def _train(cfg, procs, device):
 
 
 def _train_owned(cfg, procs, device, started, out, lock):
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     state, path = checkpoint_resumed(cfg, procs, device, out)
     cfg, source = resolve_config(cfg, device, state and state.config)
     micro_batch_size(cfg, procs.world_size)  # refused before any data is read
@@ -152,7 +150,7 @@ def build_run(cfg, started, procs, device, out, source):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=memory_format(cfg))
     # DDP averages the gradients during backward, so AGC clips the global-batch gradient
-    wrapped = ddp(model) if procs.distributed else model
+    wrapped = distributed.ddp(model) if procs.distributed else model
     return Run(cfg, started, procs, device, out, data, model, compiled(wrapped, cfg, device),
                build_optimizer(cfg, model), EMA(model, cfg.ema_decay) if cfg.ema_decay else None,
                batch_mixer(cfg, len(data.classes)), Normalize(data.mean, data.std).to(device),
@@ -160,15 +158,6 @@ def build_run(cfg, started, procs, device, out, source):
                loss_scaler(device, cfg.precision),
                wrapped.no_sync if procs.distributed else contextlib.nullcontext,
                sam=SAM(cfg.sam_rho, cfg.sam_fraction) if cfg.sam_rho else None)
-
-
-def ddp(model):
-    """`DistributedDataParallel(model)`. Its buckets are laid out contiguously, so channels_last
-    gradients are copied out of them, with a warning per process; the copy keeps gradients laid
-    out like their parameters, which the fused optimizer kernels need, so it is not a problem
-    to report."""
-    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    return DistributedDataParallel(model)
 
 
 def restore(run, state, path):
