@@ -7,6 +7,7 @@ torchrun's launcher). Multi-node: `torchrun --nnodes M --nproc-per-node N
 """
 
 import ctypes
+import logging
 import os
 import re
 import signal
@@ -25,6 +26,7 @@ from ..runtime import default_device
 
 LAUNCHER_ENV = "NORMFREE_LAUNCHER_PID"  # `launch` names itself to the processes it starts
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -147,15 +149,15 @@ def launch(nproc, argv):
         with launcher_named():
             run(args)
     except SignalException as e:  # the launcher was signalled and has stopped its processes
-        print(f"normfree: stopped by {e.sigval.name}", flush=True)
+        log.warning(f"normfree: stopped by {e.sigval.name}")
         return 128 + e.sigval
     except ChildFailedError as e:
         codes = {failure.exitcode for failure in e.failures.values()}
         if codes == {128 + signal.SIGTERM}:  # stopped by a signal, each after checkpointing
             return 128 + signal.SIGTERM
         for rank, failure in sorted(e.failures.items()):  # one line each, not torch's table
-            print(f"normfree: training process {rank} failed (exit code {failure.exitcode})",
-                  flush=True)
+            log.error(f"normfree: training process {rank} failed (exit code "
+                      f"{failure.exitcode})")
         return 1
     return 0
 

@@ -8,6 +8,7 @@ and evaluates its share of the validation and test images; rank 0 alone logs and
 
 import contextlib
 import json
+import logging
 import math
 import time
 from dataclasses import replace
@@ -43,6 +44,8 @@ from .runs import (compiled, evaluate_as_configured, freeze, initialise_from, me
 from .sam import SAM
 from .state import Run
 from .signals import StopOnSignal
+
+log = logging.getLogger(__name__)  # shown by the command line (cli.py), left to a library's caller
 
 
 def train(cfg: TrainConfig):
@@ -108,8 +111,8 @@ def finished(run):
     if not run.procs.main:
         return None
     results = json.loads((run.out / "results.json").read_text())
-    print(f"{run.out} is finished ({run.epoch} epochs, test top-1 {results['test_top1']:.2f}%):"
-          " nothing to do", flush=True)
+    log.info(f"{run.out} is finished ({run.epoch} epochs, test top-1 "
+             f"{results['test_top1']:.2f}%): nothing to do")
     return results
 
 
@@ -126,8 +129,8 @@ def data_for(cfg, procs):
                               f"{procs.world_size} processes in micro-batches of "
                               f"{cfg.device_batch_size or 1}")
         if procs.main:
-            print(f"--batch-size {cfg.batch_size} is more than the {images} training images: "
-                  f"using batches of {batch}", flush=True)
+            log.warning(f"--batch-size {cfg.batch_size} is more than the {images} training "
+                        f"images: using batches of {batch}")
         cfg = replace(cfg, batch_size=batch)
         data = make_data(cfg)
     data.train.shard(procs.rank, procs.world_size)
@@ -189,15 +192,14 @@ def announce(run):
                   if run.micro_batch < per_process else "")
     scaled = (f", peak lr {peak_lr(run.cfg):.4g} ({run.cfg.lr_base:g} × {run.cfg.batch_size}"
               "/256)" if run.cfg.lr_base else "")
-    print(f"normfree train: {run.cfg.model} on {run.cfg.dataset}, {params:,} params, "
-          f"{run.steps_per_epoch} steps/epoch{over}{accumulate}{scaled}, {run.cfg.precision}, "
-          f"output in {run.out}\n{describe(run.cfg)}", flush=True)
+    log.info(f"normfree train: {run.cfg.model} on {run.cfg.dataset}, {params:,} params, "
+             f"{run.steps_per_epoch} steps/epoch{over}{accumulate}{scaled}, "
+             f"{run.cfg.precision}, output in {run.out}\n{describe(run.cfg)}")
     if run.step and run.epoch >= (run.num_epochs or math.inf):  # stopped while finishing
-        print(f"resuming {run.out} after its last step ({run.step}): testing and exporting",
-              flush=True)
+        log.info(f"resuming {run.out} after its last step ({run.step}): testing and exporting")
     elif run.step:
-        print(f"resuming {run.out} from step {run.step} (epoch {run.epoch + 1} of "
-              f"{run.num_epochs or '?'})", flush=True)
+        log.info(f"resuming {run.out} from step {run.step} (epoch {run.epoch + 1} of "
+                 f"{run.num_epochs or '?'})")
     save_json(run.out / "config.json", to_dict(run.cfg))
     run.log = MetricsLog(run.out, run.cfg.tensorboard, keep_epochs=run.epoch)
 
@@ -318,11 +320,11 @@ def end_epoch(run, epoch, tally):
            "val_acc_ema": val_ema and val_ema["top1"]}
     if run.scaler is not None:
         row["skipped_steps"] = tally.skipped_steps
-    print(f"epoch {epoch + 1:3d}/{run.num_epochs}  loss {row['train_loss']:.4f}  "
-          f"train {row['train_acc']:.2f}%" + (f"  val {val['top1']:.2f}%" if val else "")
-          + (f"  val(EMA) {val_ema['top1']:.2f}%" if val_ema else "")
-          + f"  {row['img_per_s']:.0f} img/s  lr {lr:.4f}  AGC clipped "
-          f"{100 * row['agc_clipped']:.1f}% of units  ({row['epoch_seconds']:.0f}s)", flush=True)
+    log.info(f"epoch {epoch + 1:3d}/{run.num_epochs}  loss {row['train_loss']:.4f}  "
+             f"train {row['train_acc']:.2f}%" + (f"  val {val['top1']:.2f}%" if val else "")
+             + (f"  val(EMA) {val_ema['top1']:.2f}%" if val_ema else "")
+             + f"  {row['img_per_s']:.0f} img/s  lr {lr:.4f}  AGC clipped "
+             f"{100 * row['agc_clipped']:.1f}% of units  ({row['epoch_seconds']:.0f}s)")
     report_skipped("training", run.data.train)
     report_skipped("validation", run.data.val)
     save_run_checkpoint(run, epoch + 1)
@@ -333,8 +335,8 @@ def report_skipped(split, batches):
     """One line for the unreadable files of a folder split's last pass, if any."""
     skipped = getattr(batches, "skipped", None)
     if skipped:
-        print(f"  skipped {len(skipped)} unreadable {split} image(s) in the last pass, e.g. "
-              f"{skipped[0]}", flush=True)
+        log.warning(f"  skipped {len(skipped)} unreadable {split} image(s) in the last pass, "
+                    f"e.g. {skipped[0]}")
 
 
 def finish(run):
@@ -377,10 +379,10 @@ def finish(run):
     save_json(out / "results.json", results)
     scores = ", ".join(f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%"
                        + (f" ({name})" if len(tested) > 1 else "") for name, r in tested.items())
-    print(f"test {scores}  ({protocol_text(results['protocol'])}"
-          + ("; nothing chosen on the test split" if len(names) > 1 else "")
-          + f"; {results['train_seconds'] / 60:.1f} min)\n"
-          f"artefacts: {out}/ (results.json, metrics.csv, curves.png, checkpoint.pt, "
-          "model.safetensors)", flush=True)
+    log.info(f"test {scores}  ({protocol_text(results['protocol'])}"
+             + ("; nothing chosen on the test split" if len(names) > 1 else "")
+             + f"; {results['train_seconds'] / 60:.1f} min)\n"
+             f"artefacts: {out}/ (results.json, metrics.csv, curves.png, checkpoint.pt, "
+             "model.safetensors)")
     return results
 

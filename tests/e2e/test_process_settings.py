@@ -1,6 +1,7 @@
 """`normfree.train` leaves the process as its caller had it, whether the run returns or raises:
-the warnings filters, torch's thread count, the levels of torch's loggers and inductor's config
-(DESIGN.md: library code changes no process-wide state outside a context manager)."""
+the warnings filters, torch's thread count, the levels of torch's loggers, inductor's config and
+the logging set-up (DESIGN.md: library code changes no process-wide state outside a context
+manager, and speaks through a logger)."""
 
 import logging
 import warnings
@@ -18,14 +19,19 @@ CPP_EXTENSION = "torch.utils.cpp_extension"  # inductor's "no CUDA" while compil
 def process_settings():
     loggers = {name: logger.level for name, logger in logging.root.manager.loggerDict.items()
                if name.startswith("torch") and isinstance(logger, logging.Logger)}
+    ours = logging.getLogger("normfree")
     return {"warnings": list(warnings.filters), "threads": torch.get_num_threads(),
-            "loggers": loggers, "inductor": inductor_config.get_config_copy()}
+            "loggers": loggers, "inductor": inductor_config.get_config_copy(),
+            "logging": (list(logging.root.handlers), logging.root.level, list(ours.handlers),
+                        ours.level, ours.propagate)}
 
 
 @pytest.mark.parametrize("ends", ["returns", "raises"])
-def test_a_run_gives_back_the_process_settings_it_changed(ends, tmp_path, monkeypatch):
+def test_a_run_gives_back_the_process_settings_it_changed(ends, tmp_path, monkeypatch, caplog):
     """The run compiles (`torch.compile` stood in for, to take milliseconds): while it runs, the
-    settings are the run's; after it, the caller's again."""
+    settings are the run's; after it, the caller's again. Its messages reach the caller's
+    logging, under `normfree`."""
+    caplog.set_level(logging.INFO, logger="normfree")
     logging.getLogger(CPP_EXTENSION)  # there before the run, as after importing torch's inductor
     before = process_settings()
     during = {}
@@ -48,11 +54,14 @@ def test_a_run_gives_back_the_process_settings_it_changed(ends, tmp_path, monkey
             normfree.train(cfg)
     else:
         assert normfree.train(cfg)["steps"] == 2  # 32 training images, batches of 16
+        said = {r.name: r.getMessage() for r in caplog.records if r.name.startswith("normfree")}
+        assert said["normfree.training.loop"].startswith("test top-1")  # the last one
     assert during == {"threads": before["threads"] + 1, "level": logging.ERROR}
     after = process_settings()
     assert after["warnings"] == before["warnings"]
     assert after["threads"] == before["threads"]
     assert after["inductor"] == before["inductor"]
+    assert after["logging"] == before["logging"]
     assert {name: after["loggers"][name] for name in before["loggers"]} == before["loggers"]
     assert all(after["loggers"][name] == logging.NOTSET
                for name in set(after["loggers"]) - set(before["loggers"]))
