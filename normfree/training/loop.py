@@ -27,7 +27,7 @@ from ..files import save_json
 from ..runtime import loss_scaler, machine_info, settings_kept
 from ..weights.metadata import check_layout, export_weights, layout_of
 from . import distributed
-from .budget import (StepTimer, budget_left, plan_budget, refuse_known_too_small,
+from .budget import (Budget, Plan, budget_left, plan_announcement, refuse_known_too_small,
                      validates_periodically)
 from .checkpoints import Checkpoint, rng_states, save_checkpoint, set_rng_states
 from .config import TrainConfig, describe, from_dict, peak_lr, to_dict
@@ -95,8 +95,8 @@ def _train_owned(cfg, procs, device, started, out, lock):
     if procs.main:
         make_run_dir(out, run.cfg, lock)  # only now, once everything has been checked
     announce(run)
-    if run.total_steps is None:
-        run.timer = StepTimer.in_warmup(run.step, run.warmup_steps)
+    if run.cfg.time_budget:
+        run.budget = Budget(run)
     first, epoch = run.epoch, run.epoch
     with StopOnSignal() as stop:
         while run.num_epochs is None or epoch < run.num_epochs:
@@ -177,7 +177,7 @@ def restore(run, state, path):
     run.skipped_steps = state.skipped_steps
     if run.scaler is not None and state.scaler:
         run.scaler.load_state_dict(state.scaler)
-    run.plan = state.budget
+    run.plan = state.budget and Plan.from_dict(state.budget)
     run.started -= state.train_seconds  # the time of the earlier processes
 
 
@@ -214,7 +214,7 @@ def save_run_checkpoint(run, epoch, tally=None):
             model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
             ema=run.ema.module.state_dict() if run.ema else None, step=run.step,
             epoch=epoch, tally=tally and tally.state(), rng=rng, selected=run.selected,
-            train_seconds=time.time() - run.started, budget=run.plan,
+            train_seconds=time.time() - run.started, budget=run.plan and run.plan.to_dict(),
             skipped_steps=run.skipped_steps, scaler=run.scaler and run.scaler.state_dict(),
             config=to_dict(run.cfg), model_name=run.cfg.model, layout=layout_of(run.model),
             classes=list(run.data.classes)), previous=run.out / PREVIOUS)
@@ -233,8 +233,8 @@ def train_epoch(run, epoch, stop, resumed=None):
         tally = EpochTally(**saved) if procs.main else EpochTally(saved["batches"])
         if len(resumed.rng) == procs.world_size:  # else: not bit-exact, same order
             set_rng_states(resumed.rng[procs.rank])
-    if run.plan is not None:  # budgeted and planned: plan again at the end of this epoch
-        run.timer = StepTimer.rest_of_epoch(run, epoch)
+    if run.budget is not None:
+        run.budget.start_epoch(run, epoch)
     run.model.train()
     steps = min(run.steps_per_epoch, (run.total_steps or math.inf) - epoch * run.steps_per_epoch)
     bar = tqdm(run.data.train.iterate(tally.batches), total=steps, initial=tally.batches,
@@ -257,9 +257,10 @@ def train_epoch(run, epoch, stop, resumed=None):
             run.ema.update(run.model, run.step)
         tally.add(result, labels.to(run.device, non_blocking=True))
         # a step at a new size (and a process's first) compiled: not one to time
-        if run.timer is not None and run.timer.after_step(
-                run.step, pixel_share(size, run.data.image_size), size != previous_size):
-            plan_budget(run)
+        plan = run.budget and run.budget.after_step(
+            run, pixel_share(size, run.data.image_size), size != previous_size)
+        if plan is not None:
+            take_plan(run, plan)
             bar.total = min(run.steps_per_epoch, run.total_steps - epoch * run.steps_per_epoch)
         bar.set_postfix(loss=f"{tally.loss_sum / tally.seen:.3f}", lr=f"{lr:.3g}",
                         **budget_left(run))
@@ -275,6 +276,16 @@ def train_epoch(run, epoch, stop, resumed=None):
         if last:
             break
     return tally.summed(procs, run.device)
+
+
+def take_plan(run, plan):
+    """A budgeted run's new plan: its length goes into the config and config.json."""
+    first, before = run.plan is None, run.cfg.steps
+    run.cfg, run.plan = replace(run.cfg, steps=plan.steps), plan
+    if run.procs.main and plan.steps != before:
+        save_json(run.out / "config.json", to_dict(run.cfg))
+        if first or abs(plan.steps - before) >= 0.01 * before:  # not for every step it moves
+            log.info(plan_announcement(plan, run.cfg, run.steps_per_epoch))
 
 
 def on_device(run, images, size):
@@ -371,7 +382,8 @@ def finish(run):
                "test_by_weights": {name: {k: r[k] for k in ("top1", "top5", "loss", "images")}
                                    for name, r in tested.items()},
                "epochs": run.num_epochs, "steps": run.step,
-               "train_seconds": time.time() - run.started, "budget": run.plan,
+               "train_seconds": time.time() - run.started,
+               "budget": run.plan and run.plan.to_dict(),
                "skipped_steps": run.skipped_steps, "seed": cfg.seed,
                "machine": machine_info(), "out_dir": str(out),
                "skipped_images": {split: len(getattr(batches, "skipped", ())) for split, batches
