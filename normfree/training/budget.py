@@ -303,8 +303,17 @@ def steps_that_fit(timing, budget, cfg, bend=None):
                           cfg, timing.image_size, step, total, warmup, bend))
 
 
-# The speed of the last budgeted run of each setting on this machine, so that a budget it shows
-# too small is refused before the next such run reads its data and compiles.
+# The speed cache: the `Timing` of the last budgeted run of each setting on this machine, so
+# that a budget it shows too small is refused before the next such run reads its data and
+# compiles (docs/architecture.md §11). NORMFREE_SPEED_CACHE=0 turns it off: nothing read or
+# written, for runs that must not depend on earlier ones or a home that must stay untouched.
+SPEED_CACHE_SWITCH = "NORMFREE_SPEED_CACHE"
+
+
+def speed_cache_on():
+    return os.environ.get(SPEED_CACHE_SWITCH, "1").strip().lower() not in ("0", "off", "false")
+
+
 def speed_record_path():
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(os.environ.get("NORMFREE_CACHE") or Path(cache) / "normfree") / "speeds.json"
@@ -323,6 +332,8 @@ def speed_key(cfg, procs):
 
 
 def _speed_records():
+    if not speed_cache_on():
+        return {}
     try:
         records = json.loads(speed_record_path().read_text())
     except (OSError, ValueError):  # none yet, or unreadable: only the early check is lost
@@ -331,6 +342,8 @@ def _speed_records():
 
 
 def remember_speed(cfg, procs, timing):
+    if not speed_cache_on():
+        return
     path = speed_record_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

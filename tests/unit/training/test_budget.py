@@ -131,3 +131,20 @@ def test_the_budget_answers_with_a_plan_and_leaves_the_run_alone(monkeypatch):
         step_ms=100.0, validation_s=1.0, test_s=1.0, elapsed_s=10.0, planned_at_step=100,
         steps_per_epoch=100, image_size=28))
     assert planner.after_step(run) is None  # timed again only from an epoch's start
+
+
+def test_the_speed_cache_switched_off_is_neither_read_nor_written(tmp_path, monkeypatch):
+    """A run of 0.5 s steps, 12 an epoch, timed at step 25 after 8 s: with the validation, the
+    test and 10.3 s kept, 10 s cannot fit an epoch. Remembered, the next such run is refused at
+    once; with NORMFREE_SPEED_CACHE=0 the record is not read, and none is written."""
+    cfg, procs = preset("debug", time_budget="10s"), Processes()
+    timing = budget.Timing(step_ms=500.0, validation_s=0.5, test_s=0.5, elapsed_s=8.0,
+                           planned_at_step=25, steps_per_epoch=12, image_size=16)
+    budget.remember_speed(cfg, procs, timing)
+    with pytest.raises(ConfigError, match="measured by an earlier run of these settings"):
+        budget.refuse_known_too_small(cfg, procs)
+    monkeypatch.setenv("NORMFREE_SPEED_CACHE", "0")
+    budget.refuse_known_too_small(cfg, procs)  # not read: no refusal
+    monkeypatch.setenv("NORMFREE_CACHE", str(tmp_path / "fresh"))
+    budget.remember_speed(cfg, procs, timing)
+    assert not (tmp_path / "fresh").exists()
