@@ -290,10 +290,10 @@ def planned_again(plan, step, step_seconds, elapsed, cfg):
 def steps_that_fit(timing, budget, cfg, bend=None):
     """`plan_steps` from a `Timing`, a budget, the run's settings and where its cosine was last
     laid anew (`bend`)."""
-    # On shared 2-core machines the steps after the timed stretch ran from 4.5 % slower to 30 %
-    # faster than timed (docs/benchmarks.md): plan with 5 % more a step, so that the slow side
-    # still fits. The reserve holds the start-up before `run.started`, writing curves, weights
-    # and results, and a margin.
+    # On shared machines the steps after the timed stretch ran slower or faster than timed
+    # (docs/benchmarks.md, "How steady a step is"): plan with 5 % more a step, so that the slow
+    # side still fits. The reserve holds the start-up before `run.started`, writing curves,
+    # weights and results, and a margin.
     step, per_epoch = timing.planned_at_step, timing.steps_per_epoch
     warmup = warmup_steps(cfg, per_epoch)
     return plan_steps(budget, timing.elapsed_s, step, per_epoch, cfg.eval_every,
