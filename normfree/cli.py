@@ -7,7 +7,9 @@ torch, so `--help` and `--version` answer at once; the commands import it when t
 
 import argparse
 import importlib
+import logging
 import sys
+from contextlib import contextmanager
 
 from . import __version__
 from .data import FMNIST_DIR, MAX_IMAGE_SIZE
@@ -302,10 +304,11 @@ def main(argv=None):
         subcommands.choices[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
     args.argv = argv
     try:
-        if args.command == "list":  # counted from the configs: no torch needed
-            code = cmd_list(args)
-        else:
-            code = importlib.import_module(".commands", __package__).run(args)
+        with messages_on_stdout():
+            if args.command == "list":  # counted from the configs: no torch needed
+                code = cmd_list(args)
+            else:
+                code = importlib.import_module(".commands", __package__).run(args)
     except NormfreeError as e:
         print(f"normfree {args.command}: error: {e}", file=sys.stderr)
         return 2
@@ -316,6 +319,25 @@ def main(argv=None):
         print("interrupted", file=sys.stderr)
         return 130
     return code or 0
+
+
+@contextmanager
+def messages_on_stdout():
+    """The library's messages (the `normfree` logger: a run's progress, its warnings) as lines on
+    stdout while the command runs. The command's alone: the library configures no logging, and
+    a `main` called in a process gives its logging back as it was."""
+    logger = logging.getLogger("normfree")
+    handler = logging.StreamHandler(sys.stdout)
+    level, propagate = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # a handler of the root logger would show each message twice
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+        logger.propagate = propagate
 
 
 def preset_named_in(argv):

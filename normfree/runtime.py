@@ -1,12 +1,13 @@
-"""What the process runs on: the device, its thread count for a stretch of work, which
-precisions it runs natively (and their autocast), and a description of the machine for results
-files."""
+"""What the process runs on: the device, its thread count, loggers and warnings filters for a
+stretch of work (set there, then as they were), which precisions it runs natively (and their
+autocast), and a description of the machine for results files."""
 
+import logging
 import os
 import platform
 import subprocess
 import warnings
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import torch
@@ -52,6 +53,30 @@ def num_threads(count):
         yield
     finally:
         torch.set_num_threads(before)
+
+
+@contextmanager
+def logger_level(name, level):
+    """Within the block the logger `name` lets through only records of `level` and above; after
+    it, what it let through before, so a library call leaves the caller's logging alone."""
+    logger = logging.getLogger(name)
+    before = logger.level
+    logger.setLevel(level)
+    try:
+        yield
+    finally:
+        logger.setLevel(before)
+
+
+@contextmanager
+def settings_kept(threads=None, quiet_loggers=()):
+    """Within the block torch uses `threads` intra-op threads (None or 0: those it has) and the
+    loggers `quiet_loggers` pass errors only; after it, those and the warnings filters are as
+    they were, however the block ends: a library call leaves its caller's process alone."""
+    with warnings.catch_warnings(), num_threads(threads), ExitStack() as loggers:
+        for name in quiet_loggers:
+            loggers.enter_context(logger_level(name, logging.ERROR))
+        yield
 
 
 def bf16_available(device):

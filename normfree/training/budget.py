@@ -10,6 +10,9 @@ minutes unused or overruns. At the end of every later epoch but the last the run
 from how fast that epoch ran and the time left, and lays the rest of the cosine over the new
 length from where it has got to, so the rate stays continuous. Every plan is kept in the
 checkpoint: `--resume` continues from the last one, and plans on like an uninterrupted run.
+
+The loop asks a `Budget` after every step; it answers with a typed `Plan` when it has timed
+enough, and the loop applies it (the run's length, config.json): nothing here changes the run.
 """
 
 import itertools
@@ -18,8 +21,9 @@ import math
 import os
 import platform
 import time
-from dataclasses import replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
+from typing import Optional
 
 import torch
 
@@ -30,6 +34,62 @@ from .config import parse_duration, to_dict
 from .optim import cosine_progress, warmup_steps
 from .resizing import full_size_steps
 from .runs import evaluate_as_configured
+
+
+@dataclass(frozen=True)
+class Timing:
+    """What a budgeted run measured before its first plan, and where it was then."""
+
+    step_ms: float  # a full-size step
+    validation_s: float  # one validation (raw and EMA weights)
+    test_s: float
+    elapsed_s: float  # spent by then, start-up included
+    planned_at_step: int
+    steps_per_epoch: int
+    image_size: Optional[int] = None  # of the data (full size)
+
+    @classmethod
+    def from_record(cls, values):
+        """From `asdict`'s keys; None for no record or one of another shape."""
+        try:
+            return cls(**values) if values else None
+        except TypeError:
+            return None
+
+
+@dataclass(frozen=True)
+class Replan:
+    """A plan made again at an epoch's end, from that epoch's step time."""
+
+    at_step: int
+    step_ms: float  # a full-size step, in that epoch
+    elapsed_s: float
+    steps: int  # the new length
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a budgeted run measured and chose. Checkpoints and results.json hold `to_dict`'s
+    flat dict; runs before the typed plan wrote the same keys, without `bend` and `replans`
+    until their first plan again."""
+
+    steps: int  # the run's length
+    budget_s: float
+    timing: Timing
+    bend: Optional[tuple] = None  # (step, cosine progress) where the cosine was last laid anew
+    replans: tuple = ()  # of `Replan`
+
+    def to_dict(self):
+        return {"steps": self.steps, **asdict(self.timing), "budget_s": self.budget_s,
+                "bend": self.bend, "replans": [asdict(again) for again in self.replans]}
+
+    @classmethod
+    def from_dict(cls, values):
+        timing = {f.name: values[f.name] for f in fields(Timing) if f.name in values}
+        return cls(steps=values["steps"], budget_s=values["budget_s"], timing=Timing(**timing),
+                   bend=tuple(values["bend"]) if values.get("bend") else None,
+                   replans=tuple(Replan(**again) for again in values.get("replans", ())))
+
 
 def describe_seconds(seconds):
     minutes, secs = divmod(round(seconds), 60)
@@ -144,51 +204,63 @@ def budget_left(run):
     return {"left": describe_seconds(max(left, 0))}
 
 
-def plan_budget(run):
-    """Fix (or, after the first plan, fix again) a budgeted run's step count from its measured
-    speed; rank 0 measures and decides, every rank takes its decision. The count goes into the
-    config (and config.json)."""
-    first = run.plan is None
-    if first:
-        plan = decided_by_main(run.procs, lambda: measure_and_plan(run))
-    else:
-        step_seconds = run.timer.seconds_per_step()
-        plan = decided_by_main(run.procs, lambda: planned_again(
+class Budget:
+    """A budgeted run's planner. The loop tells it each epoch's start and each step's end; when
+    it has timed enough steps it answers with a new `Plan`, which the loop applies. It keeps its
+    own timer and reads the run, never changing it."""
+
+    def __init__(self, run):
+        """For `run` as it starts or resumes: before its first plan, it times the warm-up."""
+        self.timer = (StepTimer.in_warmup(run.step, run.warmup_steps)
+                      if run.total_steps is None else None)
+
+    def start_epoch(self, run, epoch):
+        """Once the run has a plan, plan again from how fast `epoch` runs."""
+        if run.plan is not None:
+            self.timer = StepTimer.rest_of_epoch(run, epoch)
+
+    def after_step(self, run, cost=1.0, compiled=False):
+        """The new plan when the step that ended (`cost` full-size steps, `compiled` a new
+        graph: `StepTimer.after_step`) was the last one timed, else None. Rank 0 measures and
+        decides, every rank gets its decision."""
+        if self.timer is None or not self.timer.after_step(run.step, cost, compiled):
+            return None
+        step_seconds, self.timer = self.timer.seconds_per_step(), None
+        if run.plan is None:
+            return decided_by_main(run.procs, lambda: measure_and_plan(run, step_seconds))
+        return decided_by_main(run.procs, lambda: planned_again(
             run.plan, run.step, step_seconds, elapsed_seconds(run), run.cfg))
-    before = run.cfg.steps
-    run.cfg, run.plan, run.timer = replace(run.cfg, steps=plan["steps"]), plan, None
-    if not run.procs.main or plan["steps"] == before:
-        return
-    save_json(run.out / "config.json", to_dict(run.cfg))
-    if first or abs(plan["steps"] - before) >= 0.01 * before:  # not for every step it moves
-        print(f"--time-budget {run.cfg.time_budget}: {plan_summary(plan, run.cfg)}: training "
-              f"{plan['steps']} steps ({plan['steps'] / run.steps_per_epoch:.1f} epochs) fits",
-              flush=True)
 
 
-def plan_summary(plan, cfg):
+def plan_announcement(plan, cfg, steps_per_epoch):
+    """The line a run says when a plan sets or moves its length."""
     step = "a full-size step" if cfg.small_image_scale else "a step"
-    again = plan.get("replans")
-    if again:
-        return (f"{again[-1]['step_ms']:.1f} ms {step} in the last epoch, "
-                f"{describe_seconds(plan['budget_s'] - again[-1]['elapsed_s'])} left")
-    return (f"{plan['step_ms']:.1f} ms {step}, {plan['validation_s']:.1f} s a validation, "
-            f"{plan['test_s']:.1f} s the test")
+    if plan.replans:
+        last = plan.replans[-1]
+        measured = (f"{last.step_ms:.1f} ms {step} in the last epoch, "
+                    f"{describe_seconds(plan.budget_s - last.elapsed_s)} left")
+    else:
+        timing = plan.timing
+        measured = (f"{timing.step_ms:.1f} ms {step}, {timing.validation_s:.1f} s a validation, "
+                    f"{timing.test_s:.1f} s the test")
+    return (f"--time-budget {cfg.time_budget}: {measured}: training {plan.steps} steps "
+            f"({plan.steps / steps_per_epoch:.1f} epochs) fits")
 
 
-def measure_and_plan(run):
-    step_ms = 1000 * run.timer.seconds_per_step()  # first: the timing of evaluation is not a step
+def measure_and_plan(run, step_seconds):
+    """The first plan, from `step_seconds` (a full-size step's time) and evaluation timed now;
+    the timing is remembered for the settings (`refuse_known_too_small`)."""
     per_image = evaluation_seconds_per_image(run, run.data.val or run.data.test)
     val_images = run.data.val.num_images if run.data.val else 0
-    measured = {"step_ms": step_ms,
-                "validation_s": per_image * val_images * (2 if run.ema else 1),  # raw and EMA
-                "test_s": per_image * run.data.test.num_images,
-                "elapsed_s": elapsed_seconds(run), "planned_at_step": run.step,
-                "steps_per_epoch": run.steps_per_epoch, "image_size": run.data.image_size}
+    timing = Timing(step_ms=1000 * step_seconds,
+                    validation_s=per_image * val_images * (2 if run.ema else 1),  # raw and EMA
+                    test_s=per_image * run.data.test.num_images,
+                    elapsed_s=elapsed_seconds(run), planned_at_step=run.step,
+                    steps_per_epoch=run.steps_per_epoch, image_size=run.data.image_size)
     budget = parse_duration(run.cfg.time_budget)
-    steps = steps_that_fit(measured, budget, run.cfg)
-    remember_speed(run.cfg, run.procs, measured)
-    return {"steps": steps, **measured, "budget_s": budget}
+    steps = steps_that_fit(timing, budget, run.cfg)
+    remember_speed(run.cfg, run.procs, timing)
+    return Plan(steps=steps, budget_s=budget, timing=timing)
 
 
 def planned_again(plan, step, step_seconds, elapsed, cfg):
@@ -199,41 +271,49 @@ def planned_again(plan, step, step_seconds, elapsed, cfg):
     and the test fit any more, the run ends with this epoch."""
     if step_seconds is None:
         return plan
-    warmup = warmup_steps(cfg, plan["steps_per_epoch"])
-    bend = plan.get("bend")
+    warmup = warmup_steps(cfg, plan.timing.steps_per_epoch)
+    bend = plan.bend
     if step > warmup:
-        bend = (step, cosine_progress(step, warmup, plan["steps"], bend))
-    measured = {**plan, "step_ms": 1000 * step_seconds, "elapsed_s": elapsed,
-                "planned_at_step": step}
+        bend = (step, cosine_progress(step, warmup, plan.steps, bend))
+    measured = replace(plan.timing, step_ms=1000 * step_seconds, elapsed_s=elapsed,
+                       planned_at_step=step)
     try:
-        steps = steps_that_fit(measured, plan["budget_s"], cfg, bend)
+        steps = steps_that_fit(measured, plan.budget_s, cfg, bend)
     except ConfigError:
         steps = step
-    if steps == plan["steps"]:
+    if steps == plan.steps:
         return plan
-    replans = plan.get("replans", []) + [{"at_step": step, "step_ms": 1000 * step_seconds,
-                                          "elapsed_s": elapsed, "steps": steps}]
-    return {**plan, "steps": steps, "bend": bend, "replans": replans}
+    again = Replan(at_step=step, step_ms=1000 * step_seconds, elapsed_s=elapsed, steps=steps)
+    return replace(plan, steps=steps, bend=bend, replans=(*plan.replans, again))
 
 
-def steps_that_fit(measured, budget, cfg, bend=None):
-    """`plan_steps` for a measured start (`measure_and_plan`'s record), a budget, the run's
-    settings and where its cosine was last laid anew (`bend`)."""
-    # On shared 2-core machines the steps after the timed stretch ran from 4.5 % slower to 30 %
-    # faster than timed (docs/benchmarks.md): plan with 5 % more a step, so that the slow side
-    # still fits. The reserve holds the start-up before `run.started`, writing curves, weights
-    # and results, and a margin.
-    step, per_epoch = measured["planned_at_step"], measured["steps_per_epoch"]
+def steps_that_fit(timing, budget, cfg, bend=None):
+    """`plan_steps` from a `Timing`, a budget, the run's settings and where its cosine was last
+    laid anew (`bend`)."""
+    # On shared machines the steps after the timed stretch ran slower or faster than timed
+    # (docs/benchmarks.md, "How steady a step is"): plan with 5 % more a step, so that the slow
+    # side still fits. The reserve holds the start-up before `run.started`, writing curves,
+    # weights and results, and a margin.
+    step, per_epoch = timing.planned_at_step, timing.steps_per_epoch
     warmup = warmup_steps(cfg, per_epoch)
-    return plan_steps(budget, measured["elapsed_s"], step, per_epoch, cfg.eval_every,
-                      1.05 * measured["step_ms"] / 1000, measured["validation_s"],
-                      measured["test_s"], reserve=10.0 + 0.03 * budget,
+    return plan_steps(budget, timing.elapsed_s, step, per_epoch, cfg.eval_every,
+                      1.05 * timing.step_ms / 1000, timing.validation_s, timing.test_s,
+                      reserve=10.0 + 0.03 * budget,
                       full_steps=lambda total: full_size_steps(
-                          cfg, measured.get("image_size"), step, total, warmup, bend))
+                          cfg, timing.image_size, step, total, warmup, bend))
 
 
-# The speed of the last budgeted run of each setting on this machine, so that a budget it shows
-# too small is refused before the next such run reads its data and compiles.
+# The speed cache: the `Timing` of the last budgeted run of each setting on this machine, so
+# that a budget it shows too small is refused before the next such run reads its data and
+# compiles (docs/architecture.md §11). NORMFREE_SPEED_CACHE=0 turns it off: nothing read or
+# written, for runs that must not depend on earlier ones or a home that must stay untouched.
+SPEED_CACHE_SWITCH = "NORMFREE_SPEED_CACHE"
+
+
+def speed_cache_on():
+    return os.environ.get(SPEED_CACHE_SWITCH, "1").strip().lower() not in ("0", "off", "false")
+
+
 def speed_record_path():
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(os.environ.get("NORMFREE_CACHE") or Path(cache) / "normfree") / "speeds.json"
@@ -252,6 +332,8 @@ def speed_key(cfg, procs):
 
 
 def _speed_records():
+    if not speed_cache_on():
+        return {}
     try:
         records = json.loads(speed_record_path().read_text())
     except (OSError, ValueError):  # none yet, or unreadable: only the early check is lost
@@ -259,11 +341,13 @@ def _speed_records():
     return records if isinstance(records, dict) else {}
 
 
-def remember_speed(cfg, procs, measured):
+def remember_speed(cfg, procs, timing):
+    if not speed_cache_on():
+        return
     path = speed_record_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_json(path, {**_speed_records(), speed_key(cfg, procs): measured})
+        save_json(path, {**_speed_records(), speed_key(cfg, procs): asdict(timing)})
     except OSError:  # a read-only home must not stop the run
         pass
 
@@ -273,10 +357,10 @@ def refuse_known_too_small(cfg, procs):
     earlier run of the same settings on this machine measured that `cfg.time_budget` cannot fit
     one epoch."""
     def check():
-        measured = _speed_records().get(speed_key(cfg, procs))
-        if measured:
+        timing = Timing.from_record(_speed_records().get(speed_key(cfg, procs)))
+        if timing:
             try:
-                steps_that_fit(measured, parse_duration(cfg.time_budget), cfg)
+                steps_that_fit(timing, parse_duration(cfg.time_budget), cfg)
             except ConfigError as e:
                 raise ConfigError(f"{e} (measured by an earlier run of these settings)") from None
     decided_by_main(procs, check)

@@ -240,18 +240,18 @@ PRESETS = {
     # No dropout/drop-path (they cost more than they give on a 20-epoch schedule), random
     # erasing instead; skip gains start at 1, since SkipInit's 0 makes this 5-block network
     # learn slowly early on. Validating only after the last epoch (where raw vs EMA is chosen)
-    # gives training the ~2 % of the 15 minutes that earlier validations took. The run lasts
-    # 15 minutes all inclusive, however fast the machine (--epochs or --steps instead: that
-    # length). nfnet_s0_dense: nfnet_s0's step time on a CPU and more accuracy per epoch
-    # (dense 3×3s, full-resolution stem). The first 30 % of the decay at 20 px (progressive
-    # resizing) buys ~2 epochs more in the 15 minutes. Times and accuracies: docs/results.md.
+    # gives training the time earlier validations took. The run lasts 15 minutes all
+    # inclusive, however fast the machine (--epochs or --steps instead: that length).
+    # nfnet_s0_dense: nfnet_s0's step time on a CPU and more accuracy per epoch (dense 3×3s,
+    # full-resolution stem). The first 30 % of the decay at 20 px (progressive resizing) buys
+    # epochs in the 15 minutes. What each choice measured: docs/results.md, "The numbers
+    # behind the presets' comments", and the sections it points to.
     "fmnist": dict(model="nfnet_s0_dense", dropout=0.0, stochastic_depth=0.0, skip_init=False,
                    random_erasing=0.25, compile=True, time_budget="15m", eval_every=0,
                    small_image_scale=0.7, eval_precision=None),
     # Decay 1e-4 and erasing 0.5 against the overfitting of 5e-5 / 0.25; 5e-4 shrinks the
     # scale-free weights until AGC clips most units; dropout / drop-path tie on test and lose
-    # on validation. Two hours all inclusive (65 epochs on a machine doing ~1,500 img/s).
-    # Measured: docs/results.md, "fmnist-long".
+    # on validation. Two hours all inclusive. Measured: docs/results.md, "fmnist-long".
     "fmnist-long": dict(model="nfnet_s1", time_budget="2h", random_erasing=0.5,
                         weight_decay=1e-4, ema_decay=0.9995, eval_every=5, compile=True,
                         eval_precision=None),
@@ -264,7 +264,7 @@ PRESETS = {
     # The reference ImageNet recipes (docs/architecture.md §11, the table of every setting):
     # batch 4096 over the devices there are, accumulated where they hold less
     # (--device-batch-size); the peak rate 0.1 per 256 images follows the batch; precision:
-    # the hardware's. F6 trains with SAM, as the paper's 86.5 % did.
+    # the hardware's. F6 trains with SAM, as the paper's best F6 did (docs/architecture.md §10).
     **{f"imagenet-f{n}": _imagenet_recipe(n) for n in range(7)},
 }
 

@@ -7,22 +7,26 @@ torchrun's launcher). Multi-node: `torchrun --nnodes M --nproc-per-node N
 """
 
 import ctypes
+import logging
 import os
 import re
 import signal
 import sys
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 from torch.distributed.rendezvous import rendezvous
+from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import PeerLost
 from ..runtime import default_device
 
 LAUNCHER_ENV = "NORMFREE_LAUNCHER_PID"  # `launch` names itself to the processes it starts
 PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,15 @@ def peer_failures_in_one_line(procs):
                        f"stops too ({reason})") from None
 
 
+def ddp(model):
+    """`DistributedDataParallel(model)`. Its buckets are laid out contiguously, so channels_last
+    gradients are copied out of them, with a warning per process; the copy keeps gradients laid
+    out like their parameters, which the fused optimizer kernels need, so it is not a problem
+    to report (the filter holds for the run alone: `runtime.settings_kept`)."""
+    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+    return DistributedDataParallel(model)
+
+
 def stop(procs):
     if procs.distributed and dist.is_initialized():
         dist.barrier()
@@ -136,15 +149,15 @@ def launch(nproc, argv):
         with launcher_named():
             run(args)
     except SignalException as e:  # the launcher was signalled and has stopped its processes
-        print(f"normfree: stopped by {e.sigval.name}", flush=True)
+        log.warning(f"normfree: stopped by {e.sigval.name}")
         return 128 + e.sigval
     except ChildFailedError as e:
         codes = {failure.exitcode for failure in e.failures.values()}
         if codes == {128 + signal.SIGTERM}:  # stopped by a signal, each after checkpointing
             return 128 + signal.SIGTERM
         for rank, failure in sorted(e.failures.items()):  # one line each, not torch's table
-            print(f"normfree: training process {rank} failed (exit code {failure.exitcode})",
-                  flush=True)
+            log.error(f"normfree: training process {rank} failed (exit code "
+                      f"{failure.exitcode})")
         return 1
     return 0
 

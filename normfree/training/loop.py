@@ -8,16 +8,15 @@ and evaluates its share of the validation and test images; rank 0 alone logs and
 
 import contextlib
 import json
+import logging
 import math
 import time
-import warnings
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from ..data.batches import Normalize
@@ -25,10 +24,10 @@ from ..data.datasets import make_data
 from ..errors import ConfigError, TrainingDiverged, TrainingStopped
 from ..evaluation import protocol_text
 from ..files import save_json
-from ..runtime import loss_scaler, machine_info
+from ..runtime import loss_scaler, machine_info, settings_kept
 from ..weights.metadata import check_layout, export_weights, layout_of
 from . import distributed
-from .budget import (StepTimer, budget_left, plan_budget, refuse_known_too_small,
+from .budget import (Budget, Plan, budget_left, plan_announcement, refuse_known_too_small,
                      validates_periodically)
 from .checkpoints import Checkpoint, rng_states, save_checkpoint, set_rng_states
 from .config import TrainConfig, describe, from_dict, peak_lr, to_dict
@@ -46,6 +45,8 @@ from .sam import SAM
 from .state import Run
 from .signals import StopOnSignal
 
+log = logging.getLogger(__name__)  # shown by the command line (cli.py), left to a library's caller
+
 
 def train(cfg: TrainConfig):
     """Train, select raw vs EMA weights on the validation split, report on the test set.
@@ -53,8 +54,10 @@ def train(cfg: TrainConfig):
     Returns the results (rank 0; the other ranks of a torchrun job return None).
     """
     procs, device = distributed.start(cfg.device)
-    try:
-        with distributed.peer_failures_in_one_line(procs):
+    # inductor says, while it compiles for the CPU, that it found no CUDA
+    quiet = ["torch.utils.cpp_extension"] if cfg.compile and device.type == "cpu" else []
+    try:  # the warnings filters, thread count and loggers the run sets are the run's alone
+        with distributed.peer_failures_in_one_line(procs), settings_kept(cfg.threads, quiet):
             result = _train(cfg, procs, device)
     except TrainingStopped:  # every process stopped at the same step: leave together
         distributed.stop(procs)
@@ -78,8 +81,6 @@ def _train(cfg, procs, device):
 
 
 def _train_owned(cfg, procs, device, started, out, lock):
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     state, path = checkpoint_resumed(cfg, procs, device, out)
     cfg, source = resolve_config(cfg, device, state and state.config)
     micro_batch_size(cfg, procs.world_size)  # refused before any data is read
@@ -94,8 +95,8 @@ def _train_owned(cfg, procs, device, started, out, lock):
     if procs.main:
         make_run_dir(out, run.cfg, lock)  # only now, once everything has been checked
     announce(run)
-    if run.total_steps is None:
-        run.timer = StepTimer.in_warmup(run.step, run.warmup_steps)
+    if run.cfg.time_budget:
+        run.budget = Budget(run)
     first, epoch = run.epoch, run.epoch
     with StopOnSignal() as stop:
         while run.num_epochs is None or epoch < run.num_epochs:
@@ -110,8 +111,8 @@ def finished(run):
     if not run.procs.main:
         return None
     results = json.loads((run.out / "results.json").read_text())
-    print(f"{run.out} is finished ({run.epoch} epochs, test top-1 {results['test_top1']:.2f}%):"
-          " nothing to do", flush=True)
+    log.info(f"{run.out} is finished ({run.epoch} epochs, test top-1 "
+             f"{results['test_top1']:.2f}%): nothing to do")
     return results
 
 
@@ -129,8 +130,8 @@ def data_for(cfg, procs):
                               f"{procs.world_size} processes in micro-batches of "
                               f"{cfg.device_batch_size or 1}")
         if procs.main:
-            print(f"--batch-size {cfg.batch_size} is more than the {images} training images: "
-                  f"using batches of {batch}", flush=True)
+            log.warning(f"--batch-size {cfg.batch_size} is more than the {images} training "
+                        f"images: using batches of {batch}")
         cfg = replace(cfg, batch_size=batch)
         data = make_data(cfg)
     data.train.shard(procs.rank, procs.world_size)
@@ -153,7 +154,7 @@ def build_run(cfg, started, procs, device, out, source):
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device, memory_format=memory_format(cfg))
     # DDP averages the gradients during backward, so AGC clips the global-batch gradient
-    wrapped = ddp(model) if procs.distributed else model
+    wrapped = distributed.ddp(model) if procs.distributed else model
     return Run(cfg, started, procs, device, out, data, model, compiled(wrapped, cfg, device),
                build_optimizer(cfg, model), EMA(model, cfg.ema_decay) if cfg.ema_decay else None,
                batch_mixer(cfg, len(data.classes)), Normalize(data.mean, data.std).to(device),
@@ -161,15 +162,6 @@ def build_run(cfg, started, procs, device, out, source):
                loss_scaler(device, cfg.precision),
                wrapped.no_sync if procs.distributed else contextlib.nullcontext,
                sam=SAM(cfg.sam_rho, cfg.sam_fraction) if cfg.sam_rho else None)
-
-
-def ddp(model):
-    """`DistributedDataParallel(model)`. Its buckets are laid out contiguously, so channels_last
-    gradients are copied out of them, with a warning per process; the copy keeps gradients laid
-    out like their parameters, which the fused optimizer kernels need, so it is not a problem
-    to report."""
-    warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
-    return DistributedDataParallel(model)
 
 
 def restore(run, state, path):
@@ -186,7 +178,7 @@ def restore(run, state, path):
     run.skipped_steps = state.skipped_steps
     if run.scaler is not None and state.scaler:
         run.scaler.load_state_dict(state.scaler)
-    run.plan = state.budget
+    run.plan = state.budget and Plan.from_dict(state.budget)
     run.started -= state.train_seconds  # the time of the earlier processes
 
 
@@ -201,15 +193,14 @@ def announce(run):
                   if run.micro_batch < per_process else "")
     scaled = (f", peak lr {peak_lr(run.cfg):.4g} ({run.cfg.lr_base:g} × {run.cfg.batch_size}"
               "/256)" if run.cfg.lr_base else "")
-    print(f"normfree train: {run.cfg.model} on {run.cfg.dataset}, {params:,} params, "
-          f"{run.steps_per_epoch} steps/epoch{over}{accumulate}{scaled}, {run.cfg.precision}, "
-          f"output in {run.out}\n{describe(run.cfg)}", flush=True)
+    log.info(f"normfree train: {run.cfg.model} on {run.cfg.dataset}, {params:,} params, "
+             f"{run.steps_per_epoch} steps/epoch{over}{accumulate}{scaled}, "
+             f"{run.cfg.precision}, output in {run.out}\n{describe(run.cfg)}")
     if run.step and run.epoch >= (run.num_epochs or math.inf):  # stopped while finishing
-        print(f"resuming {run.out} after its last step ({run.step}): testing and exporting",
-              flush=True)
+        log.info(f"resuming {run.out} after its last step ({run.step}): testing and exporting")
     elif run.step:
-        print(f"resuming {run.out} from step {run.step} (epoch {run.epoch + 1} of "
-              f"{run.num_epochs or '?'})", flush=True)
+        log.info(f"resuming {run.out} from step {run.step} (epoch {run.epoch + 1} of "
+                 f"{run.num_epochs or '?'})")
     save_json(run.out / "config.json", to_dict(run.cfg))
     run.log = MetricsLog(run.out, run.cfg.tensorboard, keep_epochs=run.epoch)
 
@@ -224,7 +215,7 @@ def save_run_checkpoint(run, epoch, tally=None):
             model=run.model.state_dict(), optimizer=run.optimizer.state_dict(),
             ema=run.ema.module.state_dict() if run.ema else None, step=run.step,
             epoch=epoch, tally=tally and tally.state(), rng=rng, selected=run.selected,
-            train_seconds=time.time() - run.started, budget=run.plan,
+            train_seconds=time.time() - run.started, budget=run.plan and run.plan.to_dict(),
             skipped_steps=run.skipped_steps, scaler=run.scaler and run.scaler.state_dict(),
             config=to_dict(run.cfg), model_name=run.cfg.model, layout=layout_of(run.model),
             classes=list(run.data.classes)), previous=run.out / PREVIOUS)
@@ -243,8 +234,8 @@ def train_epoch(run, epoch, stop, resumed=None):
         tally = EpochTally(**saved) if procs.main else EpochTally(saved["batches"])
         if len(resumed.rng) == procs.world_size:  # else: not bit-exact, same order
             set_rng_states(resumed.rng[procs.rank])
-    if run.plan is not None:  # budgeted and planned: plan again at the end of this epoch
-        run.timer = StepTimer.rest_of_epoch(run, epoch)
+    if run.budget is not None:
+        run.budget.start_epoch(run, epoch)
     run.model.train()
     steps = min(run.steps_per_epoch, (run.total_steps or math.inf) - epoch * run.steps_per_epoch)
     bar = tqdm(run.data.train.iterate(tally.batches), total=steps, initial=tally.batches,
@@ -267,9 +258,10 @@ def train_epoch(run, epoch, stop, resumed=None):
             run.ema.update(run.model, run.step)
         tally.add(result, labels.to(run.device, non_blocking=True))
         # a step at a new size (and a process's first) compiled: not one to time
-        if run.timer is not None and run.timer.after_step(
-                run.step, pixel_share(size, run.data.image_size), size != previous_size):
-            plan_budget(run)
+        plan = run.budget and run.budget.after_step(
+            run, pixel_share(size, run.data.image_size), size != previous_size)
+        if plan is not None:
+            take_plan(run, plan)
             bar.total = min(run.steps_per_epoch, run.total_steps - epoch * run.steps_per_epoch)
         bar.set_postfix(loss=f"{tally.loss_sum / tally.seen:.3f}", lr=f"{lr:.3g}",
                         **budget_left(run))
@@ -285,6 +277,16 @@ def train_epoch(run, epoch, stop, resumed=None):
         if last:
             break
     return tally.summed(procs, run.device)
+
+
+def take_plan(run, plan):
+    """A budgeted run's new plan: its length goes into the config and config.json."""
+    first, before = run.plan is None, run.cfg.steps
+    run.cfg, run.plan = replace(run.cfg, steps=plan.steps), plan
+    if run.procs.main and plan.steps != before:
+        save_json(run.out / "config.json", to_dict(run.cfg))
+        if first or abs(plan.steps - before) >= 0.01 * before:  # not for every step it moves
+            log.info(plan_announcement(plan, run.cfg, run.steps_per_epoch))
 
 
 def on_device(run, images, size):
@@ -330,11 +332,11 @@ def end_epoch(run, epoch, tally):
            "val_acc_ema": val_ema and val_ema["top1"]}
     if run.scaler is not None:
         row["skipped_steps"] = tally.skipped_steps
-    print(f"epoch {epoch + 1:3d}/{run.num_epochs}  loss {row['train_loss']:.4f}  "
-          f"train {row['train_acc']:.2f}%" + (f"  val {val['top1']:.2f}%" if val else "")
-          + (f"  val(EMA) {val_ema['top1']:.2f}%" if val_ema else "")
-          + f"  {row['img_per_s']:.0f} img/s  lr {lr:.4f}  AGC clipped "
-          f"{100 * row['agc_clipped']:.1f}% of units  ({row['epoch_seconds']:.0f}s)", flush=True)
+    log.info(f"epoch {epoch + 1:3d}/{run.num_epochs}  loss {row['train_loss']:.4f}  "
+             f"train {row['train_acc']:.2f}%" + (f"  val {val['top1']:.2f}%" if val else "")
+             + (f"  val(EMA) {val_ema['top1']:.2f}%" if val_ema else "")
+             + f"  {row['img_per_s']:.0f} img/s  lr {lr:.4f}  AGC clipped "
+             f"{100 * row['agc_clipped']:.1f}% of units  ({row['epoch_seconds']:.0f}s)")
     report_skipped("training", run.data.train)
     report_skipped("validation", run.data.val)
     save_run_checkpoint(run, epoch + 1)
@@ -345,8 +347,8 @@ def report_skipped(split, batches):
     """One line for the unreadable files of a folder split's last pass, if any."""
     skipped = getattr(batches, "skipped", None)
     if skipped:
-        print(f"  skipped {len(skipped)} unreadable {split} image(s) in the last pass, e.g. "
-              f"{skipped[0]}", flush=True)
+        log.warning(f"  skipped {len(skipped)} unreadable {split} image(s) in the last pass, "
+                    f"e.g. {skipped[0]}")
 
 
 def finish(run):
@@ -380,7 +382,8 @@ def finish(run):
                "test_by_weights": {name: {k: r[k] for k in ("top1", "top5", "loss", "images")}
                                    for name, r in tested.items()},
                "epochs": run.num_epochs, "steps": run.step,
-               "train_seconds": time.time() - run.started, "budget": run.plan,
+               "train_seconds": time.time() - run.started,
+               "budget": run.plan and run.plan.to_dict(),
                "skipped_steps": run.skipped_steps, "seed": cfg.seed,
                "machine": machine_info(), "out_dir": str(out),
                "skipped_images": {split: len(getattr(batches, "skipped", ())) for split, batches
@@ -388,10 +391,10 @@ def finish(run):
     save_json(out / "results.json", results)
     scores = ", ".join(f"top-1 {r['top1']:.2f}%  top-5 {r['top5']:.2f}%"
                        + (f" ({name})" if len(tested) > 1 else "") for name, r in tested.items())
-    print(f"test {scores}  ({protocol_text(results['protocol'])}"
-          + ("; nothing chosen on the test split" if len(names) > 1 else "")
-          + f"; {results['train_seconds'] / 60:.1f} min)\n"
-          f"artefacts: {out}/ (results.json, metrics.csv, curves.png, checkpoint.pt, "
-          "model.safetensors)", flush=True)
+    log.info(f"test {scores}  ({protocol_text(results['protocol'])}"
+             + ("; nothing chosen on the test split" if len(names) > 1 else "")
+             + f"; {results['train_seconds'] / 60:.1f} min)\n"
+             f"artefacts: {out}/ (results.json, metrics.csv, curves.png, checkpoint.pt, "
+             "model.safetensors)")
     return results
 

@@ -2,6 +2,7 @@
 settings a resumed run may change (how it executes) and which it must keep (what it computes).
 """
 
+import logging
 import time
 from dataclasses import fields, replace
 from pathlib import Path
@@ -16,6 +17,7 @@ EXECUTION_FIELDS = frozenset({"resume", "progress", "tensorboard", "threads", "w
                               "grad_checkpointing", "checkpoint_every", "device_batch_size",
                               "channels_last"})
 RUNS_ROOT = Path("runs")
+log = logging.getLogger(__name__)
 
 
 def run_dir(cfg):
@@ -74,6 +76,6 @@ def config_for_resume(preset_name, flags):
         if out is None:
             raise ConfigError(f"--resume without --out-dir: no {model or 'model'} run under "
                               f"{RUNS_ROOT}/ to continue; pass --out-dir RUN")
-        print(f"--resume: continuing the latest {model} run, {out}", flush=True)
+        log.info(f"--resume: continuing the latest {model} run, {out}")
     flags = {**flags, "out_dir": str(out)}
     return config_to_resume(out, flags) or preset(preset_name, **flags)

@@ -2,7 +2,6 @@
 weights, partly frozen, compiled), output directory, and the metadata its exported weights carry.
 """
 
-import logging
 import shutil
 import warnings
 from dataclasses import replace
@@ -137,8 +136,6 @@ def compiled(model, cfg, device):
         warnings.warn("--compile: no C++ compiler on PATH (inductor needs one on CPU); "
                       "training without torch.compile", stacklevel=2)
         return model
-    if device.type == "cpu":  # inductor logs, while compiling for the CPU, that it found no CUDA
-        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     # a static graph for each batch size (progressive resizing has two), like the one the
     # step was measured with, rather than the any-size graph a second size makes by default
     return torch.compile(model, dynamic=False)

@@ -12,7 +12,7 @@ from torch import nn
 
 from ..data.batches import Normalize
 from . import distributed
-from .budget import StepTimer
+from .budget import Budget, Plan
 from .config import TrainConfig, peak_lr
 from .optim import EMA, lr_at, warmup_steps
 from .logs import MetricsLog
@@ -45,8 +45,8 @@ class Run:
     step: int = 0
     epoch: int = 0
     selected: Optional[tuple] = None  # ("raw" or "ema", validation top-1) at the last validation
-    timer: Optional[StepTimer] = None  # times the steps a budgeted run plans from
-    plan: Optional[dict] = None  # what a budgeted run measured and chose
+    budget: Optional[Budget] = None  # a budgeted run's planner
+    plan: Optional[Plan] = None  # what a budgeted run measured and chose
     image_size: Optional[int] = None  # of the last step's batch (a new size compiles anew)
 
     @property
@@ -74,10 +74,10 @@ class Run:
         peak rate)."""
         return lr_at(self.step, peak_lr(self.cfg), self.warmup_steps,
                      self.total_steps or math.inf,
-                     self.plan and self.plan.get("bend"))
+                     self.plan and self.plan.bend)
 
     def train_image_size(self):
         """The size of this step's batch: small early on with progressive resizing."""
         small = is_small(self.cfg, self.step, self.warmup_steps, self.total_steps,
-                         self.plan and self.plan.get("bend"))
+                         self.plan and self.plan.bend)
         return small_size(self.cfg, self.data.image_size) if small else self.data.image_size

@@ -1,4 +1,5 @@
 import json
+import logging
 from dataclasses import fields
 
 import pytest
@@ -14,7 +15,9 @@ def test_train_debug_and_eval_in_process(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", "--preset", "debug", "--out-dir", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "test top-1" in printed
+    # the run's messages (the `normfree` logger) on stdout, for the command alone
+    assert printed.startswith("normfree train: nfnet_tiny on synthetic") and "test top-1" in printed
+    assert "\nepoch   2/2  loss " in printed and not logging.getLogger("normfree").handlers
     result = json.loads((out / "results.json").read_text())
     assert main(["eval", "--checkpoint", str(out / "checkpoint.pt"), "--json",
                  str(tmp_path / "eval.json")]) == 0
