@@ -8,6 +8,7 @@ torch, so `--help` and `--version` answer at once; the commands import it when t
 import argparse
 import importlib
 import logging
+import re
 import sys
 from contextlib import contextmanager
 
@@ -310,7 +311,7 @@ def main(argv=None):
             else:
                 code = importlib.import_module(".commands", __package__).run(args)
     except NormfreeError as e:
-        print(f"normfree {args.command}: error: {e}", file=sys.stderr)
+        print(f"normfree {args.command}: error: {with_flags(e)}", file=sys.stderr)
         return 2
     except TrainingStopped as e:
         print(f"normfree {args.command}: {e}", file=sys.stderr)
@@ -338,6 +339,15 @@ def messages_on_stdout():
         logger.removeHandler(handler)
         logger.setLevel(level)
         logger.propagate = propagate
+
+
+def with_flags(error):
+    """The error's message, the settings it names by field (`val_size`) shown as the flags that
+    set them (`--val-size`)."""
+    text = str(error)
+    for name in error.fields:
+        text = re.sub(rf"(?<![\w-]){name}\b", "--" + name.replace("_", "-"), text)
+    return text
 
 
 def preset_named_in(argv):

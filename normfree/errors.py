@@ -5,7 +5,13 @@ Anything else that escapes is a bug and shows its traceback.
 
 
 class NormfreeError(Exception):
-    """Base of every error normfree raises for bad input, files or settings."""
+    """Base of every error normfree raises for bad input, files or settings. `fields`: the
+    settings its message names by their field names (e.g. `val_size`), which the command line
+    shows as its flags (`--val-size`): the floors below it know no flags."""
+
+    def __init__(self, message="", fields=()):
+        super().__init__(message)
+        self.fields = tuple(fields)
 
 
 class ConfigError(NormfreeError, ValueError):

@@ -21,9 +21,11 @@ import torch
 from PIL import Image
 
 from ..data.datasets import make_data
+from ..data.spec import DataSpec
 from ..errors import DataError, MissingDependency
 from ..runtime import machine_info
 from ..training.config import preset
+from ..training.specs import spec_from
 
 
 def write_photo_folder(root, images_per_class=32, classes=4, seed=0, size=(400, 350)):
@@ -55,9 +57,9 @@ def photo_like(rng, width, height):
 
 def normfree_batches(folder, batch_size, image_size, workers):
     """The `imagenet-f0` preset's training batches from `folder`, as a run draws them."""
-    cfg = preset("imagenet-f0", data_dir=str(folder), batch_size=batch_size,
-                 image_size=image_size, workers=workers)
-    train = make_data(cfg).train
+    recipe = preset("imagenet-f0", data_dir=str(folder), batch_size=batch_size,
+                    image_size=image_size, workers=workers)
+    train = make_data(spec_from(DataSpec, recipe)).train
     return lambda: (images for images, _ in train.iterate())
 
 

@@ -24,8 +24,8 @@ class Sharded:
 
     def shard(self, rank, world_size):
         if self.batch_size % world_size:
-            raise ConfigError(f"--batch-size {self.batch_size} (the global batch) must divide "
-                             f"evenly over {world_size} processes")
+            raise ConfigError(f"batch_size {self.batch_size} (the global batch) must divide "
+                              f"evenly over {world_size} processes", fields=("batch_size",))
         self.rank, self.world_size = rank, world_size
 
     def part(self, index):

@@ -47,8 +47,8 @@ def _find(data_dir, stem):
         if (data_dir / name).is_file():
             return data_dir / name
     raise DataError(f"Fashion-MNIST file {stem}[.gz] not found in {data_dir}. Install the "
-                    f"dataset with: {INSTALL_HINT} (as root), or pass --data-dir DIR with the "
-                    "four IDX files.")
+                    f"dataset with: {INSTALL_HINT} (as root), or pass data_dir DIR with the "
+                    "four IDX files.", fields=("data_dir",))
 
 
 def load_fashion_mnist(data_dir=FMNIST_DIR):

@@ -74,7 +74,7 @@ class FolderBatches(Sharded):
                  workers=None, seed=0, collate=collate_readable, sources=1):
         if bad_images not in BAD_IMAGE_POLICIES:
             raise ConfigError(f"bad_images must be one of {BAD_IMAGE_POLICIES}, got "
-                             f"{bad_images!r}")
+                              f"{bad_images!r}", fields=("bad_images",))
         self.workers = min(4, os.cpu_count() or 1) if workers is None else workers
         self.dataset, self.size, self.batch_size = dataset, len(dataset), batch_size
         self.shuffle, self.drop_last = shuffle, drop_last
@@ -101,10 +101,10 @@ class FolderBatches(Sharded):
     def shard(self, rank, world_size):
         super().shard(rank, world_size)
         if (self.batch_size // world_size) % self.per_process_multiple:
-            raise ConfigError(f"--batch-size {self.batch_size} over {world_size} process(es) "
+            raise ConfigError(f"batch_size {self.batch_size} over {world_size} process(es) "
                               f"gives each {self.batch_size // world_size} images a step; mixing "
                               "as the reference does (MixUp on half the pairs, CutMix on the "
-                              "other) needs an even number per process")
+                              "other) needs an even number per process", fields=("batch_size",))
         self.loader = self._loader()
 
     def share(self, rank, world_size):
@@ -135,8 +135,8 @@ class FolderBatches(Sharded):
         self.skipped = []
         for images, labels, bad in self.loader:
             if bad and self.bad_images == "stop":
-                raise DataError(f"{bad[0]}: unreadable image (pass --bad-images skip to skip "
-                                "unreadable files)")
+                raise DataError(f"{bad[0]}: unreadable image (pass bad_images skip to skip "
+                                "unreadable files)", fields=("bad_images",))
             self.skipped += bad
             if images is not None:
                 yield images, labels
@@ -229,20 +229,21 @@ def refuse_unreadable(root, splits):
             in unread.items()))
 
 
-def make_folder_data(cfg):
+def make_folder_data(spec):
     """Training data from DIR/train (and DIR/val, DIR/test when present) ImageFolder trees.
 
-    Without DIR/val, `cfg.val_size` training images (a fixed random subset) are held out; without
+    Without DIR/val, `spec.val_size` training images (a fixed random subset) are held out; without
     DIR/test the validation images stand in for the test set (`Data.test_is_val`: then nothing
-    may be chosen on them). Evaluation sees the centre `cfg.test_size` crop of the whole image
+    may be chosen on them). Evaluation sees the centre `spec.test_size` crop of the whole image
     resized to `test_size + 32` a side.
     """
-    root = Path(cfg.data_dir or "")
+    root = Path(spec.data_dir or "")
     if not (root / "train").is_dir():
-        raise DataError(f"--data-dir {root}: expected an ImageFolder tree with a 'train' "
-                        "subfolder (train/<class>/<image>), and optionally 'val' and 'test'")
-    size = cfg.image_size
-    test_size = cfg.test_size or size
+        raise DataError(f"data_dir {root}: expected an ImageFolder tree with a 'train' "
+                        "subfolder (train/<class>/<image>), and optionally 'val' and 'test'",
+                        fields=("data_dir",))
+    size = spec.image_size
+    test_size = spec.test_size or size
     train, classes = folder_samples(root / "train")
     splits = {}
     for split in ("val", "test"):
@@ -252,46 +253,48 @@ def make_folder_data(cfg):
                 raise DataError(f"{root / split}: classes {split_classes} differ from the "
                                 f"training classes {classes}")
     if "val" not in splits:
-        if not 0 <= cfg.val_size <= len(train) // 2:
-            raise DataError(f"{root} has no 'val' subfolder, and --val-size {cfg.val_size} "
+        if not 0 <= spec.val_size <= len(train) // 2:
+            raise DataError(f"{root} has no 'val' subfolder, and val_size {spec.val_size} "
                             f"cannot be held out of its {len(train)} training images: pass "
-                            f"--val-size N with N ≤ {len(train) // 2}, or add {root / 'val'}")
+                            f"val_size N with N ≤ {len(train) // 2}, or add {root / 'val'}",
+                            fields=("val_size",))
         order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0)).tolist()
-        splits["val"] = [train[i] for i in order[:cfg.val_size]]
-        train = [train[i] for i in order[cfg.val_size:]]
+        splits["val"] = [train[i] for i in order[:spec.val_size]]
+        train = [train[i] for i in order[spec.val_size:]]
     test_is_val = "test" not in splits and bool(splits["val"])
     splits.setdefault("test", splits["val"])
     if not splits["test"]:
         raise DataError(f"{root}: nothing to evaluate on: add a 'val' or 'test' subfolder, or "
-                        "hold out training images with --val-size N")
+                        "hold out training images with val_size N", fields=("val_size",))
     refuse_unreadable(root, {"training": train, "validation": splits["val"],
                              "test": [] if splits["test"] is splits["val"] else splits["test"]})
 
-    train_batches, eval_tf = pipeline_parts(cfg, size, test_size, len(classes))
+    train_batches, eval_tf = pipeline_parts(spec.augmentation, size, test_size, len(classes))
 
     def batches(samples, transform, batch_size, **kw):
         return FolderBatches(ImageFiles(samples, transform), batch_size,
-                             bad_images=cfg.bad_images, workers=cfg.workers, **kw)
-    return Data(train=batches(train, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                              seed=cfg.seed, **train_batches),
-                val=(batches(splits["val"], eval_tf, cfg.eval_batch_size) if splits["val"]
+                             bad_images=spec.bad_images, workers=spec.workers, **kw)
+    return Data(train=batches(train, batch_size=spec.batch_size, shuffle=True, drop_last=True,
+                              seed=spec.seed, **train_batches),
+                val=(batches(splits["val"], eval_tf, spec.eval_batch_size) if splits["val"]
                      else None),
-                test=batches(splits["test"], eval_tf, cfg.eval_batch_size),
+                test=batches(splits["test"], eval_tf, spec.eval_batch_size),
                 classes=classes, in_chans=3, image_size=size, mean=IMAGENET_MEAN,
                 std=IMAGENET_STD, test_size=test_size, test_is_val=test_is_val)
 
 
-def pipeline_parts(cfg, size, test_size, num_classes):
-    """(the training `FolderBatches` arguments, the evaluation transform) of `cfg.pipeline`:
-    torchvision's transforms, or the reference's crops with mixing and RandAugment in the
-    loader (`reference_pipeline`)."""
-    if cfg.pipeline == "reference":
-        mixing = bool(cfg.mixup_alpha)  # the config allows MixUp + CutMix together or neither
+def pipeline_parts(augmentation, size, test_size, num_classes):
+    """(the training `FolderBatches` arguments, the evaluation transform) of an `AugmentSpec`'s
+    pipeline: torchvision's transforms, or the reference's crops with mixing and RandAugment in
+    the loader (`reference_pipeline`)."""
+    if augmentation.pipeline == "reference":
+        mixing = bool(augmentation.mixup_alpha)  # MixUp + CutMix together or neither (config)
         finish = MixAndAugment(collate_readable, num_classes if mixing else None,
-                               cfg.randaugment)
-        return (dict(transform=reference_pipeline.train_transform(size, cfg.flip),
+                               augmentation.randaugment)
+        return (dict(transform=reference_pipeline.train_transform(size, augmentation.flip),
                      collate=finish, sources=SOURCES_PER_MIXED_IMAGE if mixing else 1),
                 reference_pipeline.eval_transform(test_size))
-    return (dict(transform=folder_train_transform(size, cfg.flip, cfg.randaugment,
-                                                  cfg.random_erasing)),
+    return (dict(transform=folder_train_transform(size, augmentation.flip,
+                                                  augmentation.randaugment,
+                                                  augmentation.random_erasing)),
             image_transform(test_size, test_size + 32))

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from ..data.batches import Normalize
 from ..data.datasets import make_data
+from ..data.spec import AugmentSpec, DataSpec
 from ..errors import ConfigError, TrainingDiverged, TrainingStopped
 from ..evaluation import protocol_text
 from ..files import save_json
@@ -44,6 +45,7 @@ from .runs import (compiled, evaluate_as_configured, freeze, initialise_from, me
 from .sam import SAM
 from .state import Run
 from .signals import StopOnSignal
+from .specs import spec_from
 
 log = logging.getLogger(__name__)  # shown by the command line (cli.py), left to a library's caller
 
@@ -119,7 +121,7 @@ def finished(run):
 def data_for(cfg, procs):
     """The run's data, validation and test split over the processes; a batch larger than the
     training set shrinks to fit it (said)."""
-    data = make_data(cfg)
+    data = make_data(spec_from(DataSpec, cfg))
     if len(data.train) == 0:  # fewer training images than one batch
         images = data.train.num_images
         unit = procs.world_size * math.lcm(cfg.device_batch_size or 1,
@@ -133,7 +135,7 @@ def data_for(cfg, procs):
             log.warning(f"--batch-size {cfg.batch_size} is more than the {images} training "
                         f"images: using batches of {batch}")
         cfg = replace(cfg, batch_size=batch)
-        data = make_data(cfg)
+        data = make_data(spec_from(DataSpec, cfg))
     data.train.shard(procs.rank, procs.world_size)
     if procs.distributed:
         data.val = data.val and data.val.share(procs.rank, procs.world_size)
@@ -157,7 +159,8 @@ def build_run(cfg, started, procs, device, out, source):
     wrapped = distributed.ddp(model) if procs.distributed else model
     return Run(cfg, started, procs, device, out, data, model, compiled(wrapped, cfg, device),
                build_optimizer(cfg, model), EMA(model, cfg.ema_decay) if cfg.ema_decay else None,
-               batch_mixer(cfg, len(data.classes)), Normalize(data.mean, data.std).to(device),
+               batch_mixer(spec_from(AugmentSpec, cfg), len(data.classes)),
+               Normalize(data.mean, data.std).to(device),
                micro_batch_size(cfg, procs.world_size),
                loss_scaler(device, cfg.precision),
                wrapped.no_sync if procs.distributed else contextlib.nullcontext,

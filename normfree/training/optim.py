@@ -104,14 +104,15 @@ def load_optimizer_state(optimizer, state):
                 buffers[name] = torch.empty_like(param).copy_(value)
 
 
-def batch_mixer(cfg, num_classes):
+def batch_mixer(augmentation, num_classes):
     """MixUp on the first half of a batch and CutMix on the second (docs/architecture.md §11),
-    or None: also when the reference pipeline mixes in the loader instead."""
-    if cfg.pipeline == "reference" or not (cfg.mixup_alpha or cfg.cutmix_alpha):
+    as the data's `AugmentSpec` asks, or None: also when the reference pipeline mixes in the
+    loader instead."""
+    alphas = augmentation.mixup_alpha, augmentation.cutmix_alpha
+    if augmentation.pipeline == "reference" or not any(alphas):
         return None
-    mixup = v2.MixUp(alpha=cfg.mixup_alpha, num_classes=num_classes) if cfg.mixup_alpha else None
-    cutmix = (v2.CutMix(alpha=cfg.cutmix_alpha, num_classes=num_classes) if cfg.cutmix_alpha
-              else None)
+    mixup, cutmix = (kind(alpha=alpha, num_classes=num_classes) if alpha else None
+                     for kind, alpha in zip((v2.MixUp, v2.CutMix), alphas))
 
     def mix(images, labels):
         if mixup is None or cutmix is None:

@@ -11,6 +11,7 @@ import torch
 
 from ..data.batches import Normalize
 from ..data.datasets import make_data
+from ..data.spec import DataSpec
 from ..errors import CheckpointError, ConfigError
 from ..evaluation import evaluate, protocol
 from ..nn.counts import activation_sizes
@@ -23,6 +24,7 @@ from ..weights.pretrained import load_pretrained, reference_preprocessing
 from .checkpoints import read_checkpoint
 from .config import from_dict
 from .run_folder import CHECKPOINT
+from .specs import spec_from
 
 
 def model_for(cfg, data):
@@ -182,7 +184,7 @@ def evaluate_checkpoint(path, data_dir=None, split="test", device=None, tta_flip
     if tta_flip is not None:
         cfg = replace(cfg, tta_flip=tta_flip)
     device = default_device(device)
-    data = make_data(cfg)
+    data = make_data(spec_from(DataSpec, cfg))
     model = model_for(cfg, data)
     weights = state.selected[0] if state.selected else "raw"
     check_layout(model, state.layout, path)

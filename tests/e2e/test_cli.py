@@ -6,7 +6,7 @@ import pytest
 
 import normfree.cli
 from normfree.cli import main
-from normfree.errors import ConfigError
+from normfree.errors import ConfigError, DataError
 from normfree.training.checkpoints import Checkpoint, load_checkpoint, save_checkpoint
 from normfree.training.config import TrainConfig
 
@@ -60,6 +60,16 @@ def test_user_errors_are_one_line_and_bugs_keep_their_traceback(monkeypatch, cap
     monkeypatch.setattr(normfree.cli, "cmd_list", bug)
     with pytest.raises(ValueError, match="internal inconsistency"):
         main(["list"])
+
+
+def test_errors_naming_settings_by_field_show_the_flags(monkeypatch, capsys):
+    def data_error(args):
+        raise DataError("val_size 9 cannot be held out of my_val_size/: pass val_size N",
+                        fields=("val_size",))
+    monkeypatch.setattr(normfree.cli, "cmd_list", data_error)
+    assert main(["list"]) == 2
+    assert capsys.readouterr().err == ("normfree list: error: --val-size 9 cannot be held out "
+                                       "of my_val_size/: pass --val-size N\n")
 
 
 def test_train_help_documents_every_flag_with_the_default_presets_value(capsys):

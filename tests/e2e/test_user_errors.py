@@ -30,7 +30,8 @@ def weights(tmp_path_factory):
 @pytest.mark.parametrize("flags,fragments", [
     (["--model", "nope"], ["--model must be one of", "nfnet_f0"]),
     (["--optimizer", "adam"], ["--optimizer must be one of sgd, adamw"]),
-    (["--dataset", "folder", "--data-dir", "missing"], ["missing", "'train' subfolder"]),
+    (["--dataset", "folder", "--data-dir", "missing"],
+     ["--data-dir missing: expected", "'train' subfolder"]),  # data's field shown as the flag
     (["--init-from", "missing.safetensors"], ["missing.safetensors does not exist"]),
     (["--device", "tpu"], ["--device 'tpu' is not a device name"]),
     (["--lr", "inf"], ["--lr must be a finite number"]),

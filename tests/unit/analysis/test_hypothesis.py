@@ -11,16 +11,22 @@ import torch
 from normfree.analysis.hypothesis import (difference_table, gap_growth_table,
                                           paired_differences, transfer_gain_table)
 from normfree.data.datasets import make_data
+from normfree.data.spec import DataSpec
 from normfree.errors import ConfigError, DataError
 from normfree.training.config import preset
+from normfree.training.specs import spec_from
+
+def data_of(cfg):
+    return make_data(spec_from(DataSpec, cfg))
+
 
 TINY = dict(ema_decay=0.0, eval_every=0, synthetic_size=600, val_size=100)
 
 
 def test_classes_and_train_per_class_select_balanced_relabelled_subsets():
     base = replace(preset("debug"), **TINY, seed=3)  # (synthetic images depend on the seed)
-    full = make_data(base)
-    some = make_data(replace(base, classes=(7, 2, 5), train_per_class=20))
+    full = data_of(base)
+    some = data_of(replace(base, classes=(7, 2, 5), train_per_class=20))
     labels = some.train.labels
     assert some.classes == ("7", "2", "5") and len(labels) == 60
     assert torch.equal(torch.bincount(labels), torch.tensor([20, 20, 20]))
@@ -28,12 +34,13 @@ def test_classes_and_train_per_class_select_balanced_relabelled_subsets():
     # the held-out set is the same images whatever the subset (restricted to the classes)
     assert torch.equal(some.val.labels, torch.tensor(
         [[7, 2, 5].index(c) for c in full.val.labels.tolist() if c in (7, 2, 5)]))
-    assert torch.equal(make_data(replace(base, train_per_class=20)).val.images,
+    assert torch.equal(data_of(replace(base, train_per_class=20)).val.images,
                        full.val.images)
-    with pytest.raises(DataError, match="--train-per-class 1000: class"):
-        make_data(replace(base, train_per_class=1000))
+    with pytest.raises(DataError, match="train_per_class 1000: class") as too_many:
+        data_of(replace(base, train_per_class=1000))
+    assert too_many.value.fields == ("train_per_class",)  # the command line names its flag
     with pytest.raises(DataError, match="classes 0-9"):
-        make_data(replace(base, classes=(3, 12)))
+        data_of(replace(base, classes=(3, 12)))
     with pytest.raises(ConfigError, match="--classes"):
         replace(base, classes=(3, 3))
 

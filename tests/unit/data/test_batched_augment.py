@@ -11,7 +11,9 @@ from normfree.data.batch_augment import (ERASE_ATTEMPTS, ERASE_LOG_RATIO, ERASE_
                                          BatchAugment)
 from normfree.data.batches import TensorBatches
 from normfree.data.datasets import train_augmentation
+from normfree.data.spec import AugmentSpec
 from normfree.training.config import preset
+from normfree.training.specs import spec_from
 
 SIZE = 28
 
@@ -183,10 +185,10 @@ def test_processes_apply_their_rows_of_the_global_batch_augmentation():
 
 @pytest.mark.parametrize("randaugment, kind", [(None, "augment"), ((2, 5), "transform")])
 def test_randaugment_alone_keeps_the_per_image_pipeline(randaugment, kind):
-    cfg = preset("fmnist", randaugment=randaugment)
-    assert list(train_augmentation(cfg, SIZE)) == [kind]
+    augmentation = spec_from(AugmentSpec, preset("fmnist", randaugment=randaugment))
+    assert list(train_augmentation(augmentation, SIZE)) == [kind]
     off = preset("fmnist", crop_padding=0, flip=False, random_erasing=0.0)
-    assert train_augmentation(off, SIZE) == {}
+    assert train_augmentation(spec_from(AugmentSpec, off), SIZE) == {}
 
 
 @pytest.mark.cuda

@@ -4,10 +4,13 @@ import pytest
 import torch
 
 from normfree.data.batches import TensorBatches
-from normfree.data.datasets import holdout_split
+from normfree.data.datasets import holdout_split, make_data
+from normfree.data.spec import DataSpec
 from normfree.data.fashion_mnist import load_fashion_mnist, read_idx
 from normfree.data.transforms import small_image_transform
 from normfree.errors import DataError
+from normfree.training.config import preset
+from normfree.training.specs import spec_from
 
 from helpers import idx_bytes, write_fmnist
 
@@ -72,8 +75,6 @@ def test_batches_cover_the_data_and_augment_per_image():
 def test_image_folder_tree(tmp_path):
     from PIL import Image
 
-    from normfree.training.config import preset
-    from normfree.data.datasets import make_data
     g = torch.Generator().manual_seed(0)
     for split, n in (("train", 12), ("test", 4)):
         for cls in ("cat", "dog"):
@@ -83,7 +84,7 @@ def test_image_folder_tree(tmp_path):
                 Image.fromarray(pixels.numpy()).save(tmp_path / split / cls / f"{i}.png")
     cfg = preset("debug", dataset="folder", data_dir=str(tmp_path), image_size=32, val_size=4,
                  batch_size=8, eval_batch_size=8)
-    data = make_data(cfg)
+    data = make_data(spec_from(DataSpec, cfg))
     assert data.classes == ("cat", "dog") and data.in_chans == 3
     images, labels = next(iter(data.train))
     assert images.shape == (8, 3, 32, 32) and images.dtype == torch.uint8
@@ -92,7 +93,7 @@ def test_image_folder_tree(tmp_path):
 
 
 def test_folder_without_train_subfolder_is_explained(tmp_path):
-    from normfree.training.config import preset
-    from normfree.data.datasets import make_data
-    with pytest.raises(DataError, match="'train' subfolder"):
-        make_data(preset("debug", dataset="folder", data_dir=str(tmp_path)))
+    with pytest.raises(DataError, match="data_dir .*'train' subfolder") as missing:
+        make_data(spec_from(DataSpec, preset("debug", dataset="folder",
+                                             data_dir=str(tmp_path))))
+    assert missing.value.fields == ("data_dir",)

@@ -12,10 +12,12 @@ from PIL import Image
 from normfree.data.datasets import make_data
 from normfree.data.folders import FolderBatches
 from normfree.data.reference_pipeline import MixAndAugment, eval_transform
+from normfree.data.spec import DataSpec
 from normfree.errors import ConfigError
 from normfree.training.config import preset
 from normfree.training.logs import EpochTally
 from normfree.training.optim import StepResult
+from normfree.training.specs import spec_from
 from normfree.weights.pretrained import Pretrained, reference_preprocessing
 
 FIXTURES = Path(__file__).parents[2] / "fixtures" / "reference"
@@ -134,7 +136,7 @@ def folder(tmp_path_factory):
 def test_reference_folder_data_trains_on_mixed_augmented_batches(folder):
     cfg = preset("imagenet-f0", data_dir=str(folder), image_size=24, test_size=40,
                  batch_size=4, eval_batch_size=6, workers=0)
-    data = make_data(cfg)
+    data = make_data(spec_from(DataSpec, cfg))
     assert data.train.sources == 2 and len(data.train) == 24 // 4
     images, targets = next(iter(data.train))
     assert images.shape == (4, 3, 24, 24) and images.dtype == torch.uint8
@@ -149,7 +151,7 @@ def test_reference_folder_data_trains_on_mixed_augmented_batches(folder):
 def test_unmixed_reference_folder_data_keeps_float_images_and_labels(folder):
     cfg = preset("imagenet-f0", data_dir=str(folder), image_size=24, batch_size=4, workers=0,
                  mixup_alpha=0.0, cutmix_alpha=0.0, randaugment=None)
-    images, labels = next(iter(make_data(cfg).train))
+    images, labels = next(iter(make_data(spec_from(DataSpec, cfg)).train))
     assert images.dtype == torch.float32 and labels.dtype == torch.int64 and len(labels) == 4
 
 
