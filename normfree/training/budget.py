@@ -34,6 +34,7 @@ from .config import parse_duration, to_dict
 from .optim import cosine_progress, warmup_steps
 from .resizing import full_size_steps
 from .runs import evaluate_as_configured
+from .specs import UNTIMED_FIELDS
 
 
 @dataclass(frozen=True)
@@ -319,14 +320,8 @@ def speed_record_path():
     return Path(os.environ.get("NORMFREE_CACHE") or Path(cache) / "normfree") / "speeds.json"
 
 
-# What does not change how long a step, a validation or the start-up takes.
-_NOT_SPEED = {"seed", "out_dir", "resume", "time_budget", "epochs", "steps", "progress",
-              "tensorboard", "checkpoint_every", "lr", "lr_base", "momentum", "weight_decay",
-              "warmup_epochs", "label_smoothing", "small_image_until"}
-
-
 def speed_key(cfg, procs):
-    settings = {k: v for k, v in to_dict(cfg).items() if k not in _NOT_SPEED}
+    settings = {k: v for k, v in to_dict(cfg).items() if k not in UNTIMED_FIELDS}
     return json.dumps([platform.node(), torch.get_num_threads(), procs.world_size, settings],
                       sort_keys=True, default=str)
 

@@ -10,12 +10,8 @@ from pathlib import Path
 from ..errors import ConfigError
 from .config import PRESETS, TrainConfig, from_dict, preset
 from .run_folder import CHECKPOINT, run_files, saved_config
+from .specs import CHANGEABLE_ON_RESUME
 
-# Settings that change how a run executes, not what it computes: a resumed run may change them.
-EXECUTION_FIELDS = frozenset({"resume", "progress", "tensorboard", "threads", "workers",
-                              "out_dir", "device", "precision", "compile",
-                              "grad_checkpointing", "checkpoint_every", "device_batch_size",
-                              "channels_last"})
 RUNS_ROOT = Path("runs")
 log = logging.getLogger(__name__)
 
@@ -44,7 +40,8 @@ def config_differences(cfg, saved):
     """'--flag: the run has X, given Y' for each setting that shapes the run and differs."""
     return [f"--{f.name.replace('_', '-')}: the run has {getattr(saved, f.name)!r}, given "
             f"{getattr(cfg, f.name)!r}" for f in fields(TrainConfig)
-            if f.name not in EXECUTION_FIELDS and getattr(cfg, f.name) != getattr(saved, f.name)]
+            if f.name not in CHANGEABLE_ON_RESUME
+            and getattr(cfg, f.name) != getattr(saved, f.name)]
 
 
 def config_to_resume(out, overrides):
