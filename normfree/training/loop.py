@@ -36,7 +36,7 @@ from .lock import RunLock
 from .logs import EpochTally, MetricsLog, plot_curves
 from .optim import EMA, batch_mixer, build_optimizer, load_optimizer_state, train_step
 from .resizing import downscaled, pixel_share
-from .resume import config_differences, run_dir
+from .run_dirs import config_differences, run_dir
 from .run_folder import (CHECKPOINT, PREVIOUS, checkpoint_resumed, make_run_dir,
                          what_is_kept)
 from .runs import (compiled, evaluate_as_configured, freeze, initialise_from, memory_format,

@@ -10,7 +10,7 @@ from normfree.data.spec import AugmentSpec, DataSpec
 from normfree.training.budget import speed_key
 from normfree.training.config import TrainConfig, preset
 from normfree.training.distributed import Processes
-from normfree.training.resume import config_differences
+from normfree.training.run_dirs import config_differences
 from normfree.training.specs import (CHANGEABLE_ON_RESUME, SPECS, UNTIMED_FIELDS, ExecutionSpec,
                                      StepSpec, field_names, record_fields, spec_from)
 
