@@ -26,7 +26,7 @@ from .training.distributed import launch
 from .training.loop import train
 from .training.lock import RunLock
 from .training.run_dirs import RUNS_ROOT, config_for_resume, run_dir
-from .training.runs import evaluate_checkpoint
+from .training.checkpoint_eval import evaluate_checkpoint
 from .weights.deploy import export_onnx
 from .weights.pretrained import convert_file, load_pretrained, predict
 

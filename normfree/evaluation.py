@@ -1,6 +1,7 @@
 """Evaluation in one place: top-1/top-5 counting and the one loop that runs a model over
 batches, whether they come from a run's dataset, an image folder or a checkpoint's data
-(`normfree.training.runs.evaluate_checkpoint` restores the model and calls `evaluate`)."""
+(`normfree.training.checkpoint_eval.evaluate_checkpoint` restores the model and calls
+`evaluate`)."""
 
 import torch
 import torch.nn.functional as F

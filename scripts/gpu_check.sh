@@ -7,7 +7,7 @@
 #   PYTHON=python3 bash scripts/gpu_check.sh   # any Python with torch, timm and normfree
 #
 # Its table goes into docs/benchmarks.md with the GPU's name; channels_last's default on CUDA
-# (training/runs.py: channels_last_pays) follows what it shows.
+# (training/resolve.py: channels_last_pays) follows what it shows.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-.venv/bin/python}

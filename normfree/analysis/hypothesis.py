@@ -14,7 +14,7 @@ from ..files import read_csv, write_csv
 from ..figures import save_figure, subplots
 from ..nn.variants import BN_TWINS
 from ..training.loop import train
-from ..training.runs import evaluate_checkpoint
+from ..training.checkpoint_eval import evaluate_checkpoint
 
 WARMUP_FRACTION = 0.05  # of every run's steps, whatever its training-set size
 NO_AUGMENTATION = dict(crop_padding=0, flip=False, random_erasing=0.0, randaugment=None)

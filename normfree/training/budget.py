@@ -33,7 +33,7 @@ from . import distributed
 from .config import parse_duration, to_dict
 from .optim import cosine_progress, warmup_steps
 from .resizing import full_size_steps
-from .runs import evaluate_as_configured
+from .checkpoint_eval import evaluate_as_configured
 from .specs import UNTIMED_FIELDS
 
 

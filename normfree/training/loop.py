@@ -30,22 +30,22 @@ from ..weights.metadata import check_layout, export_weights, layout_of
 from . import distributed
 from .budget import (Budget, Plan, budget_left, plan_announcement, refuse_known_too_small,
                      validates_periodically)
+from .checkpoint_eval import evaluate_as_configured, preprocessing_of, protocol_of
 from .checkpoints import Checkpoint, rng_states, save_checkpoint, set_rng_states
 from .config import TrainConfig, describe, from_dict, peak_lr, to_dict
 from .lock import RunLock
 from .logs import EpochTally, MetricsLog, plot_curves
+from .model_setup import (compiled, freeze, initial_weights, initialise_from, memory_format,
+                          model_for)
 from .optim import EMA, batch_mixer, build_optimizer, load_optimizer_state, train_step
 from .resizing import downscaled, pixel_share
 from .run_dirs import config_differences, run_dir
-from .run_folder import (CHECKPOINT, PREVIOUS, checkpoint_resumed, make_run_dir,
-                         what_is_kept)
-from .runs import (compiled, evaluate_as_configured, freeze, initialise_from, memory_format,
-                   micro_batch_size, model_for, preprocessing_of, protocol_of,
-                   refuse_unaffordable_run, resolve_config)
+from .run_folder import CHECKPOINT, PREVIOUS, checkpoint_resumed, make_run_dir, what_is_kept
+from .resolve import micro_batch_size, refuse_unaffordable_run, resolve_config
 from .sam import SAM
 from .state import Run
 from .signals import StopOnSignal
-from .specs import spec_from
+from .specs import ModelSpec, spec_from
 
 log = logging.getLogger(__name__)  # shown by the command line (cli.py), left to a library's caller
 
@@ -84,7 +84,8 @@ def _train(cfg, procs, device):
 
 def _train_owned(cfg, procs, device, started, out, lock):
     state, path = checkpoint_resumed(cfg, procs, device, out)
-    cfg, source = resolve_config(cfg, device, state and state.config)
+    source = None if state else initial_weights(spec_from(ModelSpec, cfg), device)
+    cfg = resolve_config(cfg, device, state and state.config, source)
     micro_batch_size(cfg, procs.world_size)  # refused before any data is read
     refuse_unaffordable_run(cfg, device, procs.world_size)
     if cfg.time_budget and not cfg.steps:
@@ -147,7 +148,7 @@ def build_run(cfg, started, procs, device, out, source):
     """Data, model (initialised from `source` weights when fine-tuning), optimizer and EMA."""
     cfg, data = data_for(cfg, procs)
     torch.manual_seed(cfg.seed)  # the initial weights depend on the seed and nothing else
-    model = model_for(cfg, data)
+    model = model_for(spec_from(ModelSpec, cfg), data)
     if source is not None:
         initialise_from(model, source, data.classes)
     freeze(model, cfg.freeze)
@@ -161,8 +162,7 @@ def build_run(cfg, started, procs, device, out, source):
                build_optimizer(cfg, model), EMA(model, cfg.ema_decay) if cfg.ema_decay else None,
                batch_mixer(spec_from(AugmentSpec, cfg), len(data.classes)),
                Normalize(data.mean, data.std).to(device),
-               micro_batch_size(cfg, procs.world_size),
-               loss_scaler(device, cfg.precision),
+               micro_batch_size(cfg, procs.world_size), loss_scaler(device, cfg.precision),
                wrapped.no_sync if procs.distributed else contextlib.nullcontext,
                sam=SAM(cfg.sam_rho, cfg.sam_fraction) if cfg.sam_rho else None)
 

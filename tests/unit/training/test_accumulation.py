@@ -10,7 +10,7 @@ from normfree.errors import ConfigError, TrainingDiverged
 from normfree import create_model
 from normfree.training.config import peak_lr, preset
 from normfree.training.optim import make_optimizer, train_step
-from normfree.training.runs import micro_batch_size
+from normfree.training.resolve import micro_batch_size
 
 
 def tiny_model(dtype=torch.float64):

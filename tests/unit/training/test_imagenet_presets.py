@@ -8,7 +8,7 @@ import torch
 
 from normfree.nn.variants import get_config
 from normfree.training.config import PRESETS, _imagenet_recipe, preset
-from normfree.training.runs import resolve_config
+from normfree.training.resolve import resolve_config
 
 ARCHITECTURE = Path(__file__).parents[3] / "docs" / "architecture.md"
 IMAGENET = [name for name in PRESETS if name.startswith("imagenet-")]
@@ -36,7 +36,7 @@ def test_every_preset_setting_is_in_the_reference_table(n):
     (0, 5, 0.2), (1, 10, 0.3), (2, 10, 0.4), (3, 15, 0.4), (4, 15, 0.5), (5, 15, 0.5),
     (6, 15, 0.5)])
 def test_presets_take_each_variants_sizes_magnitude_and_dropout(n, magnitude, dropout):
-    cfg, _ = resolve_config(preset(f"imagenet-f{n}", data_dir="x"), torch.device("cpu"))
+    cfg = resolve_config(preset(f"imagenet-f{n}", data_dir="x"), torch.device("cpu"))
     variant = get_config(f"nfnet_f{n}")
     assert (cfg.image_size, cfg.test_size) == (variant.train_size, variant.test_size)
     assert cfg.randaugment == (4, magnitude) and cfg.dropout == dropout == variant.dropout

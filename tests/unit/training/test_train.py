@@ -62,14 +62,15 @@ def test_nan_loss_stops_with_advice():
 def test_config_overrides_the_models_regularisation_and_skip_init():
     from types import SimpleNamespace
 
-    from normfree.training.runs import model_for
+    from normfree.training.model_setup import model_for
+    from normfree.training.specs import ModelSpec, spec_from
     data = SimpleNamespace(classes=list("abcd"), in_chans=3)
     cfg = replace(preset("debug"), dropout=0.3, stochastic_depth=0.2, skip_init=False)
-    model = model_for(cfg, data)
+    model = model_for(spec_from(ModelSpec, cfg), data)
     assert model.cfg.dropout == 0.3 and model.cfg.stochastic_depth == 0.2
     gains = [m.skip_gain.item() for m in model.modules() if hasattr(m, "skip_gain")]
     assert gains and all(g == 1.0 for g in gains)
-    default = model_for(preset("debug"), data)
+    default = model_for(spec_from(ModelSpec, preset("debug")), data)
     assert all(m.skip_gain.item() == 0.0 for m in default.modules() if hasattr(m, "skip_gain"))
 
 
@@ -99,7 +100,7 @@ def test_compiling_for_the_cpu_leaves_the_loggers_to_the_run():
     tests/e2e/test_process_settings.py), not by compiling, which changes no logger."""
     import logging
 
-    from normfree.training.runs import compiled
+    from normfree.training.model_setup import compiled
     notices = logging.getLogger("torch.utils.cpp_extension")
     before = notices.level
     model = create_model("nfnet_tiny", 10)
