@@ -20,8 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..data.batches import Normalize
-from ..data.datasets import make_data
-from ..data.spec import AugmentSpec, DataSpec
+from ..data.spec import AugmentSpec
 from ..errors import ConfigError, TrainingDiverged, TrainingStopped
 from ..evaluation import protocol_text
 from ..files import save_json
@@ -39,6 +38,7 @@ from .model_setup import (compiled, freeze, initial_weights, initialise_from, me
                           model_for)
 from .optim import EMA, batch_mixer, build_optimizer, load_optimizer_state, train_step
 from .resizing import downscaled, pixel_share
+from .run_data import data_for
 from .run_dirs import config_differences, run_dir
 from .run_folder import CHECKPOINT, PREVIOUS, checkpoint_resumed, make_run_dir, what_is_kept
 from .resolve import micro_batch_size, refuse_unaffordable_run, resolve_config
@@ -117,31 +117,6 @@ def finished(run):
     log.info(f"{run.out} is finished ({run.epoch} epochs, test top-1 "
              f"{results['test_top1']:.2f}%): nothing to do")
     return results
-
-
-def data_for(cfg, procs):
-    """The run's data, validation and test split over the processes; a batch larger than the
-    training set shrinks to fit it (said)."""
-    data = make_data(spec_from(DataSpec, cfg))
-    if len(data.train) == 0:  # fewer training images than one batch
-        images = data.train.num_images
-        unit = procs.world_size * math.lcm(cfg.device_batch_size or 1,
-                                           data.train.per_process_multiple)
-        batch = images - images % unit
-        if batch < 1:
-            raise ConfigError(f"{images} training images cannot be shared by "
-                              f"{procs.world_size} processes in micro-batches of "
-                              f"{cfg.device_batch_size or 1}")
-        if procs.main:
-            log.warning(f"--batch-size {cfg.batch_size} is more than the {images} training "
-                        f"images: using batches of {batch}")
-        cfg = replace(cfg, batch_size=batch)
-        data = make_data(spec_from(DataSpec, cfg))
-    data.train.shard(procs.rank, procs.world_size)
-    if procs.distributed:
-        data.val = data.val and data.val.share(procs.rank, procs.world_size)
-        data.test = data.test.share(procs.rank, procs.world_size)
-    return cfg, data
 
 
 def build_run(cfg, started, procs, device, out, source):
