@@ -11,7 +11,7 @@ import torch
 import torch._inductor.config as inductor_config
 
 import normfree
-from normfree.training import runs
+from normfree.training import model_setup
 
 CPP_EXTENSION = "torch.utils.cpp_extension"  # inductor's "no CUDA" while compiling for the CPU
 
@@ -44,8 +44,8 @@ def test_a_run_gives_back_the_process_settings_it_changed(ends, tmp_path, monkey
         if ends == "raises":
             raise RuntimeError("the compiler failed")
         return model
-    monkeypatch.setattr(runs.torch, "compile", compile_in_place)
-    monkeypatch.setattr(runs.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(model_setup.torch, "compile", compile_in_place)
+    monkeypatch.setattr(model_setup.shutil, "which", lambda name: f"/usr/bin/{name}")
     cfg = normfree.preset("debug", synthetic_size=64, val_size=32, batch_size=16, epochs=1,
                           compile=True, device="cpu", threads=before["threads"] + 1,
                           progress=False, out_dir=str(tmp_path / "run"))
