@@ -5,7 +5,7 @@ batches, whether they come from a run's dataset, an image folder or a checkpoint
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
+from .progress import ProgressBar
 
 from .data.folders import FolderBatches, ImageFiles, flat_samples, folder_samples
 from .errors import DataError
@@ -35,7 +35,8 @@ def evaluate(model, batches, normalize, *, tta_flip=False, precision="fp32",
     was_training = model.training
     model.eval()
     correct1 = correct5 = loss = count = 0
-    for images, labels in tqdm(batches, desc="eval", leave=False, disable=not progress or None):
+    bar = ProgressBar(batches, desc="eval", leave=False, disable=not progress or None)
+    for images, labels in bar:
         images = normalize(images.to(device)).contiguous(memory_format=memory_format)
         labels = labels.to(device)
         with autocast(device, precision):

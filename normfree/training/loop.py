@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
+from ..progress import ProgressBar
 
 from ..data.batches import Normalize
 from ..data.spec import AugmentSpec
@@ -216,9 +216,9 @@ def train_epoch(run, epoch, stop, resumed=None):
         run.budget.start_epoch(run, epoch)
     run.model.train()
     steps = min(run.steps_per_epoch, (run.total_steps or math.inf) - epoch * run.steps_per_epoch)
-    bar = tqdm(run.data.train.iterate(tally.batches), total=steps, initial=tally.batches,
-               desc=f"epoch {epoch + 1}/{run.num_epochs or '?'}", leave=False,
-               disable=None if cfg.progress and procs.main else True, dynamic_ncols=True)
+    bar = ProgressBar(run.data.train.iterate(tally.batches), total=steps, initial=tally.batches,
+                      desc=f"epoch {epoch + 1}/{run.num_epochs or '?'}", leave=False,
+                      disable=None if cfg.progress and procs.main else True, dynamic_ncols=True)
     for images, labels in bar:
         lr = run.lr()
         for group in run.optimizer.param_groups:
