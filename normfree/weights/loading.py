@@ -28,10 +28,12 @@ def file_kind(path):
     or "unknown", from the file's bytes, whatever its name."""
     with Path(path).open("rb") as f:
         head = f.read(9)
-    if head[:1] == b"\x80":
-        return "pickle"
+    # safetensors first: its 8-byte header length starts with 0x80, a pickle's first byte,
+    # whenever the length is 128 modulo 256
     if len(head) == 9 and head[8:9] == b"{" and int.from_bytes(head[:8], "little") < 1 << 30:
         return "safetensors"  # an 8-byte header length, then the JSON header
+    if head[:1] == b"\x80":
+        return "pickle"
     if head[:4] == b"PK\x03\x04":
         try:
             with zipfile.ZipFile(path) as archive:
