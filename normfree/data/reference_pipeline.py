@@ -13,6 +13,8 @@ Evaluation: the whole image resized bicubically without antialiasing to (S+32)²
 (`eval_crop`), float32 and unclamped, as the reference feeds its model.
 """
 
+import functools
+
 import torch
 from torchvision.transforms import v2
 
@@ -23,39 +25,19 @@ from .reference_crops import CROP_PADDING, eval_crop, train_crop
 SOURCES_PER_MIXED_IMAGE = 2  # the reference mixes 2B images into a batch of B
 
 
-class TrainCrop:
-    """uint8 (3, H, W) → float32 (3, size, size): `reference_crops.train_crop`, flipped with
-    probability 1/2 when `flip`, on the worker's global random stream."""
-
-    def __init__(self, size, flip):
-        self.size, self.flip = size, flip
-
-    def __call__(self, image):
-        return train_crop(image, self.size, flip=self.flip)
-
-
-class EvalCrop:
-    """uint8 (3, H, W) → float32 (3, size, size): `reference_crops.eval_crop` with `padding`
-    px more resized around the crop (32: the reference's)."""
-
-    def __init__(self, size, padding=CROP_PADDING):
-        self.size, self.padding = size, padding
-
-    def __call__(self, image):
-        return eval_crop(image, self.size, self.padding)
-
-
 def _decoded(crop):
     """PIL image (greyscale, CMYK, palette, ... ) → RGB uint8 (3, H, W) → `crop`."""
     return v2.Compose([v2.RGB(), v2.PILToTensor(), crop])
 
 
 def train_transform(size, flip=True):
-    return _decoded(TrainCrop(size, flip))
+    """`train_crop` (flipped with probability 1/2 when `flip`) on the worker's random stream;
+    a partial, not a closure, so the loader can pickle it for its workers."""
+    return _decoded(functools.partial(train_crop, size=size, flip=flip))
 
 
 def eval_transform(size, padding=CROP_PADDING):
-    return _decoded(EvalCrop(size, padding))
+    return _decoded(functools.partial(eval_crop, size=size, padding=padding))
 
 
 class MixAndAugment:
